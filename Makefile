@@ -1,0 +1,33 @@
+# The README's commands. Everything runs from the project's own virtual environment.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+PORT   ?= 8888
+DEMO_DIR ?= demo-workspace
+
+.PHONY: env demo test test-python lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Installs the package (server extension config + kernelspec land in the venv's prefix).
+env: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+
+demo: env
+	$(BIN)/python -m jupyter_qguard.demo --port $(PORT) --workspace $(DEMO_DIR)
+
+lint: env
+	$(BIN)/ruff check jupyter_qguard tests bench
+	$(BIN)/ruff format --check jupyter_qguard tests bench
+
+test: env lint
+	$(BIN)/python -m pytest -q -ra
+
+bench: env
+	$(BIN)/python bench/run.py
+	@cat bench/results.json
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,208 @@
+"""QGuardApp: the jupyter_qguard server extension. Settings, wiring and lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
+from tornado import web
+from traitlets import Dict, Float, Int, List, Type, Unicode, default, validate
+
+from ._version import __version__
+from .broker import runtime
+from .broker.service import Broker
+from .broker.store import Store, sqlite_url
+from .handlers import ROUTES
+from .providers import provider_classes
+from .sandbox.environment import DEFAULT_ALLOWLIST
+from .sandbox.provisioner import sweep_stale_kernel_dirs
+
+DEFAULT_BACKENDS: dict[str, dict[str, Any]] = {
+    "aer_simulator": {
+        "provider": "aer",
+        "tier": "simulator",
+        "qubits": 28,
+        "description": "Qiskit Aer, on this machine; runs without approval.",
+    },
+}
+
+
+class QGuardApp(ExtensionApp):
+    name = "jupyter_qguard"
+    description = "Guarded quantum jobs for AI agents: sandboxed kernels, a broker, human approval."
+    version = __version__
+    load_other_extensions = True
+
+    state_dir = Unicode(
+        help="Where the broker keeps its state (database, later audit log and bundles). "
+        "Default: <jupyter data dir>/qguard. Must not be inside the server's root directory, "
+        "which agent kernels can write.",
+    ).tag(config=True)
+
+    db_url = Unicode(
+        help="SQLAlchemy URL of the broker's store. Default: SQLite file qguard.db in state_dir. "
+        "Team mode uses a postgresql:// URL.",
+    ).tag(config=True)
+
+    backends = Dict(
+        default_value=DEFAULT_BACKENDS,
+        help="Backends agents may request: {name: {provider, tier, qubits, description, options}}. "
+        "Tier 'simulator' runs without approval; every other tier needs one approval.",
+    ).tag(config=True)
+
+    approval_ttl = Float(
+        3600.0,
+        help="Seconds a request may wait for approval before it expires.",
+    ).tag(config=True)
+
+    expiry_check_interval = Float(
+        15.0, help="Seconds between sweeps that expire stale approval requests."
+    ).tag(config=True)
+
+    wait_max_seconds = Float(
+        30.0, help="Longest a kernel's `wait` call may block before it must ask again."
+    ).tag(config=True)
+
+    channel_max_request_bytes = Int(
+        8 * 1024 * 1024, help="Largest request line a kernel may send on its broker channel."
+    ).tag(config=True)
+
+    channel_rate = Float(
+        50.0, help="Requests per second a kernel may make on its channel (sustained)."
+    ).tag(config=True)
+
+    channel_burst = Int(200, help="Requests a kernel may make in a burst.").tag(config=True)
+
+    kernel_env_allowlist = List(
+        Unicode(),
+        default_value=list(DEFAULT_ALLOWLIST),
+        help="Environment variable names (fnmatch patterns) passed to agent kernels. Names that "
+        "look like credentials (*TOKEN*, *KEY*, AWS_*, QISKIT_*, JUPYTERHUB_*, SSH_*, DBUS_*, ...) "
+        "never pass, whatever this says.",
+    ).tag(config=True)
+
+    kernel_runtime_root = Unicode(
+        "",
+        help="Directory under which each agent kernel gets its own 0700 directory (connection "
+        "file, ipc sockets, HOME). Keep it short: unix socket paths are limited to 107 bytes. "
+        "Default: the system temp dir.",
+    ).tag(config=True)
+
+    approver_name = Unicode(
+        "", help="Name recorded as the requester's user. Default: the OS user of the server."
+    ).tag(config=True)
+
+    store_class = Type(
+        default_value=Store, klass=Store, help="The broker store implementation."
+    ).tag(config=True)
+
+    broker_class = Type(default_value=Broker, klass=Broker, help="The broker implementation.").tag(
+        config=True
+    )
+
+    @default("state_dir")
+    def _default_state_dir(self) -> str:
+        return os.path.join(jupyter_data_dir(), "qguard")
+
+    @default("db_url")
+    def _default_db_url(self) -> str:
+        return sqlite_url(os.path.join(self.state_dir, "qguard.db"))
+
+    @validate("backends")
+    def _validate_backends(self, proposal: Any) -> dict[str, Any]:
+        for name, spec in proposal["value"].items():
+            if not isinstance(spec, dict) or "provider" not in spec or "tier" not in spec:
+                raise ValueError(f"backend {name!r} needs at least 'provider' and 'tier'")
+        return proposal["value"]
+
+    # -- wiring ---------------------------------------------------------------------------
+
+    def _check_state_dir(self) -> Path:
+        state = Path(self.state_dir).expanduser().resolve()
+        root = Path(self.serverapp.root_dir).expanduser().resolve()
+        if state == root or root in state.parents:
+            raise ValueError(
+                f"QGuardApp.state_dir ({state}) is inside the server's root directory ({root}), "
+                "where agent kernels can write. Choose a directory outside it."
+            )
+        state.mkdir(parents=True, exist_ok=True)
+        os.chmod(state, 0o700)
+        return state
+
+    async def _notebook_for_kernel(self, kernel_id: str) -> str | None:
+        try:
+            session = await self.serverapp.session_manager.get_session(kernel_id=kernel_id)
+        except (web.HTTPError, KeyError, TypeError):
+            return None
+        if session.get("type") == "notebook" and str(session.get("path", "")).endswith(".ipynb"):
+            return session["path"]
+        return None
+
+    def _providers(self) -> dict[str, Any]:
+        wanted = {spec["provider"] for spec in self.backends.values()}
+        classes = provider_classes()
+        missing = wanted - set(classes)
+        if missing:
+            self.log.warning("qguard: no provider installed for %s", ", ".join(sorted(missing)))
+        return {name: classes[name](parent=self, log=self.log) for name in wanted & set(classes)}
+
+    def initialize_settings(self) -> None:
+        self._check_state_dir()
+        store = self.store_class(self.db_url)
+        self.broker = self.broker_class(
+            store=store,
+            backends=self.backends,
+            providers=self._providers(),
+            workspace_root=self.serverapp.root_dir,
+            approval_ttl=self.approval_ttl,
+            wait_max_seconds=self.wait_max_seconds,
+            notebook_for_kernel=self._notebook_for_kernel,
+            user=self.approver_name or None,
+            kernel_settings={
+                "env_allowlist": list(self.kernel_env_allowlist),
+                "runtime_root": self.kernel_runtime_root,
+            },
+            channel_settings={
+                "max_request_bytes": self.channel_max_request_bytes,
+                "rate": self.channel_rate,
+                "burst": self.channel_burst,
+            },
+        )
+        self.settings["qguard_broker"] = self.broker
+        runtime.set_current(self.broker)
+        self.log.info(
+            "qguard: state in %s, store %s",
+            self.state_dir,
+            store.engine.url.render_as_string(hide_password=True),
+        )
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(ROUTES)
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        for path in sweep_stale_kernel_dirs(self.kernel_runtime_root):
+            self.log.info("qguard: removed %s, left by a server that no longer runs", path)
+        await self.broker.start()
+        self._sweeper = asyncio.ensure_future(self._sweep_expired())
+
+    async def _sweep_expired(self) -> None:
+        while True:
+            await asyncio.sleep(self.expiry_check_interval)
+            try:
+                await self.broker.expire_stale()
+            except Exception:
+                self.log.exception("qguard: expiry sweep failed")
+
+    async def stop_extension(self) -> None:
+        sweeper = getattr(self, "_sweeper", None)
+        if sweeper is not None:
+            sweeper.cancel()
+        runtime.set_current(None)
+        await self.broker.stop()
+
+
+main = launch_new_instance = QGuardApp.launch_instance

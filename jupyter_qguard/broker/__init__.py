@@ -1,0 +1,1 @@
+"""The broker: job requests from agent kernels, approvals, execution. Runs in the Jupyter server."""

@@ -1,0 +1,560 @@
+"""The broker pipeline: receive → check → (approve) → queue → submit → result.
+
+All state lives in the store; this object only holds what can be rebuilt from it (tasks,
+waiters, subscribers). Store calls run on one worker thread, provider work in the provider's
+own workers: the server's event loop never blocks on either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import getpass
+import hashlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..providers.base import Provider, ProviderError, RunSpec
+from .events import EventBus, JobWaiters
+from .filehash import WorkspacePathError, file_hash, resolve_in_workspace
+from .jobs import (
+    CANCELLABLE,
+    TERMINAL,
+    InvalidRequest,
+    State,
+    approval_digest,
+    canonical_json,
+    validate_request,
+)
+from .store import Store, TransitionConflict, utcnow
+
+log = logging.getLogger("jupyter_qguard.broker")
+
+BROKER = "broker"
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class DigestMismatch(ValueError):
+    """The digest the approver saw is not the job's current digest."""
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+class Broker:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        backends: dict[str, dict[str, Any]],
+        providers: dict[str, Provider],
+        workspace_root: str,
+        approval_ttl: float,
+        wait_max_seconds: float,
+        notebook_for_kernel: Callable[[str], Awaitable[str | None]] | None = None,
+        user: str | None = None,
+        kernel_settings: dict[str, Any] | None = None,
+        channel_settings: dict[str, Any] | None = None,
+    ) -> None:
+        self.store = store
+        self.backends = backends
+        self.providers = providers
+        self.workspace_root = str(Path(workspace_root).resolve())
+        self.approval_ttl = approval_ttl
+        self.wait_max_seconds = wait_max_seconds
+        self.notebook_for_kernel = notebook_for_kernel
+        self.user = user or getpass.getuser()
+        self.kernel_settings = kernel_settings or {}
+        self.channel_settings = channel_settings or {}
+        self.events = EventBus()
+        self.waiters = JobWaiters()
+        self.kernels: dict[str, dict[str, Any]] = {}
+        self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qguard-db")
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Until the policy engine lands, the tier table *is* the policy: its hash goes into
+        # every approval digest, so changing a backend's tier voids approvals given under the
+        # old table.
+        self.policy_version = hashlib.sha256(canonical_json(backends)).hexdigest()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_pool, lambda: fn(*args, **kwargs))
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("qguard task %s failed", task.get_name(), exc_info=task.exception())
+
+    def _changed(self, job: dict[str, Any], kind: str = "job") -> dict[str, Any]:
+        self.events.publish({"type": kind, "job": job})
+        self.waiters.notify(job["id"])
+        return job
+
+    async def _move(
+        self,
+        job_id: str,
+        target: State,
+        *,
+        actor: str,
+        detail: dict[str, Any] | None = None,
+        expect: set[State] | None = None,
+        **updates: Any,
+    ) -> dict[str, Any]:
+        job = await self._db(
+            self.store.transition,
+            job_id,
+            target,
+            actor=actor,
+            detail=detail,
+            expect=expect,
+            **updates,
+        )
+        return self._changed(job)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for provider in self.providers.values():
+            await provider.start()
+        await self.recover()
+
+    async def stop(self) -> None:
+        for kernel_id in list(self.kernels):
+            self.detach_kernel(kernel_id, forget=True)
+        for task in list(self._tasks):
+            task.cancel()
+        for provider in self.providers.values():
+            await provider.stop()
+        self._db_pool.shutdown(wait=True)
+        self.store.close()
+
+    async def recover(self) -> None:
+        """Resume from the store after a restart: nothing is lost, nothing runs twice."""
+        for job in await self._db(self.store.list, states=[State.RECEIVED.value], limit=100000):
+            # A request that crashed mid-check never reached a person or a provider: re-checking
+            # it could run a simulator job the kernel no longer waits for, so reject it instead.
+            await self._move(
+                job["id"],
+                State.REJECTED,
+                actor=BROKER,
+                reason="the broker restarted while checking this request; submit it again",
+            )
+        for job in await self._db(self.store.list, states=[State.APPROVED.value], limit=100000):
+            await self._enqueue(job["id"], actor=BROKER)
+        for job in await self._db(self.store.list, states=[State.QUEUED.value], limit=100000):
+            self._spawn(self._execute(job["id"]), f"execute-{job['id']}")
+        for job in await self._db(self.store.list, states=[State.SUBMITTED.value], limit=100000):
+            self._spawn(self._resume_submitted(job["id"]), f"resume-{job['id']}")
+
+    # -- kernels --------------------------------------------------------------------------
+
+    def attach_kernel(self, kernel_id: str, sock: socket.socket, info: dict[str, Any]) -> None:
+        """Serve a new agent kernel's channel (called by the provisioner at each launch)."""
+        from .channel import KernelChannel
+
+        self.detach_kernel(kernel_id, forget=False)
+        channel = KernelChannel(self, kernel_id, sock, **self.channel_settings)
+        self.kernels[kernel_id] = {**info, "channel": channel}
+        self._spawn(channel.serve(), f"channel-{kernel_id}")
+
+    def detach_kernel(self, kernel_id: str, *, forget: bool) -> None:
+        info = self.kernels.get(kernel_id)
+        if info is not None and info.get("channel") is not None:
+            info["channel"].close()
+            info["channel"] = None
+        if forget:
+            self.kernels.pop(kernel_id, None)
+
+    def kernel_report(self, kernel_id: str) -> dict[str, Any] | None:
+        info = self.kernels.get(kernel_id)
+        if info is None:
+            return None
+        return {
+            "kernel_id": kernel_id,
+            "sandbox": info.get("sandbox", {}),
+            "connected": info.get("channel") is not None,
+        }
+
+    async def requester_for(self, kernel_id: str, cell_id: str | None) -> dict[str, Any]:
+        notebook = None
+        if self.notebook_for_kernel is not None:
+            notebook = await self.notebook_for_kernel(kernel_id)
+        return {
+            "user": self.user,
+            "kernel_id": kernel_id,
+            "notebook": notebook,
+            # The cell id is the kernel's own word (from the execute request's metadata); it is
+            # kept for orientation and marked as such, never used for a decision.
+            "cell_id": cell_id,
+            "cell_id_source": "kernel",
+        }
+
+    # -- submit ---------------------------------------------------------------------------
+
+    def backend_list(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": name,
+                "provider": spec.get("provider"),
+                "tier": spec.get("tier"),
+                "qubits": spec.get("qubits"),
+                "description": spec.get("description", ""),
+            }
+            for name, spec in sorted(self.backends.items())
+        ]
+
+    def _bound_files(
+        self, requested: dict[str, str | None], notebook: str | None
+    ) -> dict[str, str]:
+        """Hash every bound file ourselves; a hash the kernel states must match what is on disk."""
+        wanted = dict(requested)
+        if notebook:
+            wanted.setdefault(notebook, None)
+        out: dict[str, str] = {}
+        for rel, stated in sorted(wanted.items()):
+            actual = file_hash(resolve_in_workspace(self.workspace_root, rel))
+            if stated is not None and stated != actual:
+                raise InvalidRequest(
+                    f"files/{rel}: changed between the request and its arrival "
+                    f"(stated {stated[:12]}…, now {actual[:12]}…)"
+                )
+            out[rel] = actual
+        return out
+
+    async def submit(self, request: Any, kernel_id: str) -> dict[str, Any]:
+        payload = validate_request(request)  # raises InvalidRequest: nothing stored
+        requester = await self.requester_for(kernel_id, request.get("cell_id"))
+        try:
+            files = await self._db(
+                self._bound_files, request.get("files", {}), requester["notebook"]
+            )
+        except WorkspacePathError as exc:
+            raise InvalidRequest(f"files: {exc}") from None
+        program = request["program"]
+        fields = {
+            "requester": requester,
+            "backend": request["backend"],
+            "shots": request["shots"],
+            "seed": request.get("seed"),
+            "max_cost": request.get("max_cost"),
+            "request": request,
+            "program_sha256": program["sha256"],
+            "files": files,
+            "policy_version": self.policy_version,
+            "digest": approval_digest(
+                program_sha256=program["sha256"],
+                backend=request["backend"],
+                shots=request["shots"],
+                seed=request.get("seed"),
+                max_cost=request.get("max_cost"),
+                files=files,
+                policy_version=self.policy_version,
+            ),
+            "decision": {},
+        }
+        job = self._changed(
+            await self._db(self.store.create_job, actor=f"kernel:{kernel_id}", **fields)
+        )
+        try:
+            return await self._check(job, payload)
+        except Exception as exc:
+            log.exception("checking job %s failed", job["id"])
+            return await self._move(
+                job["id"],
+                State.REJECTED,
+                actor=BROKER,
+                reason=f"internal error while checking: {exc}",
+            )
+
+    async def _check(self, job: dict[str, Any], payload: bytes) -> dict[str, Any]:
+        backend = self.backends.get(job["backend"])
+        if backend is None:
+            known = ", ".join(sorted(self.backends)) or "none"
+            return await self._reject(job, f"unknown backend {job['backend']!r} (known: {known})")
+        provider = self.providers.get(backend.get("provider", ""))
+        if provider is None:
+            return await self._reject(
+                job,
+                f"backend {job['backend']!r} names provider {backend.get('provider')!r}, "
+                "which is not installed",
+            )
+        try:
+            facts = await provider.inspect(job["program"]["format"], payload)
+        except ProviderError as exc:
+            return await self._reject(job, str(exc))
+        reasons = []
+        qubits = backend.get("qubits")
+        if qubits is not None and facts.num_qubits > qubits:
+            reasons.append(
+                f"the circuit uses {facts.num_qubits} qubits; {job['backend']} has {qubits}"
+            )
+        if not facts.has_measurements:
+            reasons.append("the circuit has no measurements, so a run would return no counts")
+        if facts.num_parameters:
+            reasons.append(
+                f"the circuit has {facts.num_parameters} unbound parameter(s); bind them first"
+            )
+        tier = backend.get("tier", "hardware")
+        needed = 0 if tier == "simulator" else 1
+        decision = {
+            "allow": not reasons,
+            "deny": reasons,
+            "approvals_required": needed,
+            "mfa_required": False,
+            "tier": tier,
+            "facts": facts.as_dict(),
+            "rule": "tier" if not reasons else "checks",
+        }
+        if reasons:
+            return await self._reject(job, "; ".join(reasons), decision=decision)
+        if needed == 0:
+            await self._move(
+                job["id"],
+                State.QUEUED,
+                actor=BROKER,
+                decision=decision,
+                detail={"why": f"tier {tier} runs without approval"},
+            )
+            self._spawn(self._execute(job["id"]), f"execute-{job['id']}")
+            return await self._db(self.store.get, job["id"])
+        return await self._move(
+            job["id"],
+            State.PENDING_APPROVAL,
+            actor=BROKER,
+            decision=decision,
+            detail={"why": f"tier {tier} needs {needed} approval(s)"},
+        )
+
+    async def _reject(
+        self, job: dict[str, Any], reason: str, decision: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        updates: dict[str, Any] = {"reason": reason}
+        if decision is not None:
+            updates["decision"] = decision
+        return await self._move(job["id"], State.REJECTED, actor=BROKER, **updates)
+
+    # -- the human ------------------------------------------------------------------------
+
+    async def get(self, job_id: str, *, history: bool = False) -> dict[str, Any]:
+        job = await self._db(self.store.get_with_history if history else self.store.get, job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def _expired(self, job: dict[str, Any]) -> bool:
+        created = dt.datetime.fromisoformat(job["created_at"])
+        return (utcnow() - created).total_seconds() > self.approval_ttl
+
+    async def approve(self, job_id: str, approver: str, digest: str) -> dict[str, Any]:
+        job = await self.get(job_id)
+        if job["state"] != State.PENDING_APPROVAL:
+            raise TransitionConflict(job_id, job["state"], State.APPROVED.value)
+        if self._expired(job):
+            await self._move(
+                job_id,
+                State.EXPIRED,
+                actor=BROKER,
+                reason="the approval window closed before anyone approved",
+            )
+            raise TransitionConflict(job_id, State.EXPIRED.value, State.APPROVED.value)
+        if digest != job["digest"]:
+            raise DigestMismatch(
+                "the digest you approved is not this job's current digest: the request changed "
+                "after you saw it; review it again"
+            )
+        if job["policy_version"] != self.policy_version:
+            await self._move(
+                job_id,
+                State.VOIDED,
+                actor=BROKER,
+                reason="the backend policy changed after the request was checked",
+            )
+            raise TransitionConflict(job_id, State.VOIDED.value, State.APPROVED.value)
+        count = await self._db(self.store.add_approval, job_id, approver, digest)
+        needed = int(job["decision"].get("approvals_required", 1))
+        if count < needed:
+            return self._changed(await self.get(job_id), kind="approval")
+        await self._move(
+            job_id,
+            State.APPROVED,
+            actor=f"user:{approver}",
+            expect={State.PENDING_APPROVAL},
+            detail={"digest": digest},
+        )
+        return await self._enqueue(job_id, actor=f"user:{approver}")
+
+    async def _enqueue(self, job_id: str, *, actor: str) -> dict[str, Any]:
+        job = await self._move(job_id, State.QUEUED, actor=actor, expect={State.APPROVED})
+        self._spawn(self._execute(job_id), f"execute-{job_id}")
+        return job
+
+    async def deny(self, job_id: str, actor: str, reason: str) -> dict[str, Any]:
+        await self.get(job_id)
+        return await self._move(
+            job_id,
+            State.DENIED,
+            actor=f"user:{actor}",
+            reason=reason,
+            expect={State.PENDING_APPROVAL},
+        )
+
+    async def cancel(self, job_id: str, actor: str) -> dict[str, Any]:
+        job = await self.get(job_id)
+        if State(job["state"]) not in CANCELLABLE:
+            raise TransitionConflict(job_id, job["state"], State.CANCELLED.value)
+        return await self._move(
+            job_id,
+            State.CANCELLED,
+            actor=actor,
+            reason=f"cancelled by {actor}",
+            expect=set(CANCELLABLE),
+        )
+
+    async def expire_stale(self) -> int:
+        """Expire pending approvals older than the TTL; return how many."""
+        n = 0
+        for job in await self._db(
+            self.store.list, states=[State.PENDING_APPROVAL.value], limit=100000
+        ):
+            if self._expired(job):
+                try:
+                    await self._move(
+                        job["id"],
+                        State.EXPIRED,
+                        actor=BROKER,
+                        reason="the approval window closed before anyone approved",
+                    )
+                    n += 1
+                except TransitionConflict:
+                    pass
+        return n
+
+    async def list_jobs(self, *, states: list[str] | None, limit: int) -> list[dict[str, Any]]:
+        return await self._db(self.store.list, states=states, limit=limit)
+
+    async def jobs_for(
+        self, *, kernel_id: str, notebook: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        rows = await self._db(self.store.list, kernel_id=kernel_id, notebook=notebook, limit=100000)
+        return rows[:limit]
+
+    # -- waiting --------------------------------------------------------------------------
+
+    async def wait(
+        self, job_id: str, *, timeout: float, unless_state: str | None = None
+    ) -> dict[str, Any]:
+        """Return when the job leaves `unless_state` (or is terminal), or after `timeout` s."""
+        timeout = max(0.0, min(timeout, self.wait_max_seconds))
+        ev = self.waiters.register(job_id)
+        try:
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:
+                job = await self.get(job_id)
+                if State(job["state"]) in TERMINAL or (
+                    unless_state is not None and job["state"] != unless_state
+                ):
+                    return job
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    return job
+                ev.clear()
+                try:
+                    await asyncio.wait_for(ev.wait(), remaining)
+                except TimeoutError:
+                    return await self.get(job_id)
+        finally:
+            self.waiters.unregister(job_id, ev)
+
+    # -- execution ------------------------------------------------------------------------
+
+    async def _spec(self, job_id: str) -> tuple[dict[str, Any], RunSpec, Provider]:
+        job = await self.get(job_id)
+        request, key = await self._db(self.store.run_inputs, job_id)
+        backend = self.backends[job["backend"]]
+        provider = self.providers[backend["provider"]]
+        spec = RunSpec(
+            job_id=job_id,
+            backend=job["backend"],
+            program_format=request["program"]["format"],
+            payload=base64.b64decode(request["program"]["payload_b64"]),
+            shots=job["shots"],
+            seed=job["seed"],
+            idempotency_key=key,
+            options=dict(backend.get("options", {})),
+        )
+        return job, spec, provider
+
+    async def _execute(self, job_id: str) -> None:
+        try:
+            job, spec, provider = await self._spec(job_id)
+            # queued → submitted first: only one executor can win this compare-and-set, so a
+            # job is handed to a provider at most once even if two tasks race for it.
+            await self._move(
+                job_id,
+                State.SUBMITTED,
+                actor=BROKER,
+                expect={State.QUEUED},
+                detail={"idempotency_key": spec.idempotency_key},
+            )
+        except TransitionConflict:
+            return  # cancelled meanwhile, or another executor took it
+        except Exception as exc:
+            log.exception("preparing job %s failed", job_id)
+            await self._fail(job_id, f"could not prepare the job: {exc}", expect={State.QUEUED})
+            return
+        try:
+            provider_job_id = await provider.submit(spec)
+            await self._db(self.store.set_provider_job_id, job_id, provider_job_id)
+            result = await provider.result(spec, provider_job_id)
+        except ProviderError as exc:
+            await self._fail(job_id, str(exc))
+            return
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            await self._fail(job_id, f"{type(exc).__name__}: {exc}")
+            return
+        await self._complete(job_id, result)
+
+    async def _resume_submitted(self, job_id: str) -> None:
+        job, spec, provider = await self._spec(job_id)
+        try:
+            result = await provider.recover(spec, job["provider_job_id"])
+        except Exception as exc:
+            await self._fail(job_id, f"could not recover after a restart: {exc}")
+            return
+        await self._complete(job_id, result)
+
+    async def _complete(self, job_id: str, result: dict[str, Any]) -> None:
+        try:
+            await self._move(
+                job_id,
+                State.COMPLETED,
+                actor=BROKER,
+                result=result,
+                detail={"shots": result.get("shots")},
+            )
+        except TransitionConflict:
+            log.warning("job %s finished but was no longer submitted", job_id)
+
+    async def _fail(self, job_id: str, reason: str, expect: set[State] | None = None) -> None:
+        try:
+            await self._move(job_id, State.FAILED, actor=BROKER, reason=reason, expect=expect)
+        except TransitionConflict:
+            log.warning("job %s failed (%s) but was no longer running", job_id, reason)

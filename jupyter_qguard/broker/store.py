@@ -1,0 +1,334 @@
+"""Broker state in SQL through SQLAlchemy 2: SQLite by default, PostgreSQL in team mode.
+
+Every state change goes through `transition()`, which updates the job row only if it is still
+in an expected state (compare-and-set) and writes the event row in the same transaction, so a
+crash leaves either both or neither, and two racing callers cannot both move a job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from .jobs import State, can_transition
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timestamps are stored as UTC and always come back timezone-aware (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.astimezone(dt.UTC).replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "qguard_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    state: Mapped[str] = mapped_column(String(32), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    requester: Mapped[dict[str, Any]] = mapped_column(JSON)
+    backend: Mapped[str] = mapped_column(String(128), index=True)
+    shots: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    max_cost: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The validated request as received (program payload included), so a restarted broker can
+    # still run it and a reviewer can see exactly what was asked.
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    program_sha256: Mapped[str] = mapped_column(String(64))
+    files: Mapped[dict[str, str]] = mapped_column(JSON)
+    policy_version: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(64))
+    decision: Mapped[dict[str, Any]] = mapped_column(JSON)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    provider_job_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class JobEvent(Base):
+    __tablename__ = "qguard_job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("qguard_jobs.id"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    from_state: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(256))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Approval(Base):
+    __tablename__ = "qguard_approvals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("qguard_jobs.id"), index=True)
+    approver: Mapped[str] = mapped_column(String(256))
+    digest: Mapped[str] = mapped_column(String(64))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class TransitionConflict(RuntimeError):
+    """The job was not in a state from which the requested transition is allowed."""
+
+    def __init__(self, job_id: str, current: str | None, target: str) -> None:
+        self.job_id, self.current, self.target = job_id, current, target
+        where = "does not exist" if current is None else f"is {current}"
+        super().__init__(f"job {job_id} {where}; it cannot become {target}")
+
+
+def _job_dict(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "state": job.state,
+        "created_at": job.created_at.isoformat(),
+        "updated_at": job.updated_at.isoformat(),
+        "requester": job.requester,
+        "backend": job.backend,
+        "shots": job.shots,
+        "seed": job.seed,
+        "max_cost": job.max_cost,
+        "program": {k: v for k, v in job.request["program"].items() if k != "payload_b64"},
+        "files": job.files,
+        "policy_version": job.policy_version,
+        "digest": job.digest,
+        "decision": job.decision,
+        "reason": job.reason,
+        "result": job.result,
+        "provider_job_id": job.provider_job_id,
+    }
+
+
+class Store:
+    """Synchronous store; the broker calls it from one worker thread, never from the event loop."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.engine: Engine = create_engine(url, echo=echo, future=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._lock = threading.Lock()
+        Base.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._lock, self._session.begin() as session:
+            yield session
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def create_job(self, *, actor: str, **fields: Any) -> dict[str, Any]:
+        now = utcnow()
+        job = Job(
+            id=fields.pop("id", None) or uuid.uuid4().hex,
+            state=State.RECEIVED.value,
+            created_at=now,
+            updated_at=now,
+            idempotency_key=uuid.uuid4().hex,
+            **fields,
+        )
+        with self._tx() as session:
+            session.add(job)
+            session.flush()
+            session.add(
+                JobEvent(
+                    job_id=job.id,
+                    at=now,
+                    from_state=None,
+                    to_state=State.RECEIVED.value,
+                    actor=actor,
+                    detail={},
+                )
+            )
+            return _job_dict(job)
+
+    def transition(
+        self,
+        job_id: str,
+        target: State,
+        *,
+        actor: str,
+        detail: dict[str, Any] | None = None,
+        expect: Iterable[State] | None = None,
+        **updates: Any,
+    ) -> dict[str, Any]:
+        """Move a job to `target` and record the event, atomically; raise TransitionConflict.
+
+        `expect` narrows the states the caller accepts the job to be in (default: every state
+        from which `target` is allowed).
+        """
+        now = utcnow()
+        with self._tx() as session:
+            job = session.get(Job, job_id)
+            current = job.state if job else None
+            allowed = current is not None and can_transition(current, target)
+            if expect is not None:
+                allowed = allowed and current in {State(s).value for s in expect}
+            if not allowed:
+                raise TransitionConflict(job_id, current, target.value)
+            res = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == current)
+                .values(state=target.value, updated_at=now, **updates)
+            )
+            if res.rowcount != 1:  # lost a race with another writer
+                raise TransitionConflict(job_id, current, target.value)
+            session.add(
+                JobEvent(
+                    job_id=job_id,
+                    at=now,
+                    from_state=current,
+                    to_state=target.value,
+                    actor=actor,
+                    detail=detail or {},
+                )
+            )
+            session.flush()
+            session.refresh(job)
+            return _job_dict(job)
+
+    def add_approval(self, job_id: str, approver: str, digest: str) -> int:
+        """Record one approval; return how many distinct approvers the job now has."""
+        with self._tx() as session:
+            session.add(Approval(job_id=job_id, approver=approver, digest=digest, at=utcnow()))
+            session.flush()
+            rows = session.scalars(
+                select(Approval.approver).where(
+                    Approval.job_id == job_id, Approval.digest == digest
+                )
+            ).all()
+            return len(set(rows))
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with self._tx() as session:
+            job = session.get(Job, job_id)
+            return _job_dict(job) if job else None
+
+    def run_inputs(self, job_id: str) -> tuple[dict[str, Any], str] | None:
+        """The stored request (payload included) and the job's idempotency key."""
+        with self._tx() as session:
+            job = session.get(Job, job_id)
+            return (dict(job.request), job.idempotency_key) if job else None
+
+    def set_provider_job_id(self, job_id: str, provider_job_id: str) -> None:
+        with self._tx() as session:
+            session.execute(
+                update(Job).where(Job.id == job_id).values(provider_job_id=provider_job_id)
+            )
+
+    def get_with_history(self, job_id: str) -> dict[str, Any] | None:
+        with self._tx() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return None
+            out = _job_dict(job)
+            out["events"] = [
+                {
+                    "at": e.at.isoformat(),
+                    "from": e.from_state,
+                    "to": e.to_state,
+                    "actor": e.actor,
+                    "detail": e.detail,
+                }
+                for e in session.scalars(
+                    select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+                )
+            ]
+            out["approvals"] = [
+                {"approver": a.approver, "digest": a.digest, "at": a.at.isoformat()}
+                for a in session.scalars(
+                    select(Approval).where(Approval.job_id == job_id).order_by(Approval.id)
+                )
+            ]
+            return out
+
+    def list(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        notebook: str | None = None,
+        kernel_id: str | None = None,
+        limit: int = 200,
+    ) -> list[dict[str, Any]]:
+        with self._tx() as session:
+            q = select(Job).order_by(Job.created_at.desc()).limit(limit)
+            if states:
+                q = q.where(Job.state.in_(list(states)))
+            rows = [_job_dict(j) for j in session.scalars(q)]
+        # Requester filters run in Python: JSON path queries differ between SQLite and PostgreSQL.
+        if notebook is not None or kernel_id is not None:
+            rows = [
+                r
+                for r in rows
+                if (notebook is not None and r["requester"].get("notebook") == notebook)
+                or (kernel_id is not None and r["requester"].get("kernel_id") == kernel_id)
+            ]
+        return rows
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        found = self.get_with_history(job_id)
+        return found["events"] if found else []
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL: the CLI can read while the server writes. FULL sync: a committed transition survives
+    # a power cut, which is what "nothing lost on a crash" needs.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+def sqlite_url(path: str) -> str:
+    return f"sqlite:///{path}"
+
+
+__all__ = ["Store", "TransitionConflict", "sqlite_url", "utcnow"]

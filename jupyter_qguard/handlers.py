@@ -1,0 +1,157 @@
+"""REST and websocket handlers under /qguard/api/, and the one route table.
+
+Every handler method is @web.authenticated and @authorized against a `qguard:` resource;
+tests/test_handlers_auth.py walks ROUTES and fails if one is reachable without both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.base.websocket import WebSocketMixin
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from tornado import web, websocket
+
+from .broker.jobs import State
+from .broker.service import Broker, DigestMismatch, JobNotFound
+from .broker.store import TransitionConflict
+
+JOBS = "qguard:jobs"
+_JOB_ID = r"(?P<job_id>[0-9a-f]{32})"
+
+
+class QGuardAPIHandler(ExtensionHandlerMixin, APIHandler):
+    """Base of every REST handler: JSON in and out, the broker at hand."""
+
+    auth_resource = JOBS
+
+    @property
+    def broker(self) -> Broker:
+        return self.settings["qguard_broker"]
+
+    @property
+    def username(self) -> str:
+        user = self.current_user
+        return getattr(user, "username", None) or str(user)
+
+    def json_body(self, required: dict[str, type]) -> dict[str, Any]:
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the body must be JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "the body must be a JSON object")
+        for key, kind in required.items():
+            if not isinstance(body.get(key), kind) or (kind is str and not body[key].strip()):
+                raise web.HTTPError(400, f"the body needs {key!r} ({kind.__name__})")
+        return body
+
+    async def job_or_404(self, job_id: str, *, history: bool = False) -> dict[str, Any]:
+        try:
+            return await self.broker.get(job_id, history=history)
+        except JobNotFound:
+            raise web.HTTPError(404, f"no job {job_id}") from None
+
+
+class JobsHandler(QGuardAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        states = [s for s in self.get_query_argument("state", "").split(",") if s]
+        for s in states:
+            if s not in State.__members__.values():
+                raise web.HTTPError(400, f"unknown state {s!r}")
+        try:
+            limit = min(max(int(self.get_query_argument("limit", "200")), 1), 1000)
+        except ValueError:
+            raise web.HTTPError(400, "limit must be an integer") from None
+        jobs = await self.broker.list_jobs(states=states or None, limit=limit)
+        self.finish(json.dumps({"jobs": jobs}))
+
+
+class JobHandler(QGuardAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        self.finish(json.dumps(await self.job_or_404(job_id, history=True)))
+
+
+class ApproveHandler(QGuardAPIHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, job_id: str) -> None:
+        body = self.json_body({"digest": str})
+        await self.job_or_404(job_id)
+        try:
+            job = await self.broker.approve(job_id, self.username, body["digest"])
+        except DigestMismatch as exc:
+            raise web.HTTPError(409, str(exc)) from None
+        except TransitionConflict as exc:
+            raise web.HTTPError(409, str(exc)) from None
+        self.finish(json.dumps(job))
+
+
+class DenyHandler(QGuardAPIHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, job_id: str) -> None:
+        body = self.json_body({"reason": str})
+        await self.job_or_404(job_id)
+        try:
+            job = await self.broker.deny(job_id, self.username, body["reason"].strip())
+        except TransitionConflict as exc:
+            raise web.HTTPError(409, str(exc)) from None
+        self.finish(json.dumps(job))
+
+
+class EventsHandler(
+    WebSocketMixin, ExtensionHandlerMixin, JupyterHandler, websocket.WebSocketHandler
+):
+    """Live job events for the panel: one JSON message per change."""
+
+    auth_resource = JOBS
+
+    def get_login_url(self) -> str:
+        # An API socket has no login page to send anyone to: refuse, as APIHandler does.
+        raise web.HTTPError(403)
+
+    @web.authenticated
+    @authorized("read")
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        await super().get(*args, **kwargs)
+
+    def open(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().open(*args, **kwargs)
+        broker: Broker = self.settings["qguard_broker"]
+        self._queue = broker.events.subscribe()
+        self._pump = asyncio.ensure_future(self._forward())
+
+    async def _forward(self) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                await self.write_message(json.dumps(event))
+            except websocket.WebSocketClosedError:
+                return
+
+    def on_message(self, message: str | bytes) -> None:
+        """The stream is one-way; anything sent to it is ignored."""
+
+    def on_close(self) -> None:
+        pump = getattr(self, "_pump", None)
+        if pump is not None:
+            pump.cancel()
+            self.settings["qguard_broker"].events.unsubscribe(self._queue)
+
+
+ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
+    (r"/qguard/api/jobs", JobsHandler),
+    (rf"/qguard/api/jobs/{_JOB_ID}", JobHandler),
+    (rf"/qguard/api/jobs/{_JOB_ID}/approve", ApproveHandler),
+    (rf"/qguard/api/jobs/{_JOB_ID}/deny", DenyHandler),
+    (r"/qguard/api/events", EventsHandler),
+]

@@ -1,0 +1,91 @@
+"""What the broker needs from a provider: inspect a program, submit it, get its result."""
+
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from traitlets import MetaHasTraits
+from traitlets.config import LoggingConfigurable
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One approved run, as the broker hands it to a provider."""
+
+    job_id: str
+    backend: str
+    program_format: str
+    payload: bytes
+    shots: int
+    seed: int | None
+    idempotency_key: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProgramFacts:
+    """What the broker learns by parsing a program (never by trusting the kernel's word)."""
+
+    num_qubits: int
+    num_clbits: int
+    depth: int
+    has_measurements: bool
+    num_parameters: int
+    operations: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "num_qubits": self.num_qubits,
+            "num_clbits": self.num_clbits,
+            "depth": self.depth,
+            "has_measurements": self.has_measurements,
+            "num_parameters": self.num_parameters,
+            "operations": self.operations,
+        }
+
+
+class ProviderError(RuntimeError):
+    """A provider failed a job; the message is shown to the person and the agent."""
+
+
+class _ProviderMeta(MetaHasTraits, ABCMeta):
+    """Lets a traitlets class declare abstract methods."""
+
+
+class Provider(LoggingConfigurable, metaclass=_ProviderMeta):
+    """Base class of providers, registered as `jupyter_qguard.providers` entry points.
+
+    `submit` returns the provider's job id once the job is accepted; `result` waits for it.
+    The broker records the provider job id before waiting, so after a restart `recover` can
+    find a submitted job again instead of submitting it twice.
+    """
+
+    #: True when a run has no effect outside this machine and costs nothing, so that a run cut
+    #: short by a broker restart may simply be run again with the same seed.
+    local: bool = False
+
+    async def start(self) -> None:
+        """Warm up (connections, worker processes). Called once when the broker starts."""
+
+    async def stop(self) -> None:
+        """Release what `start` took."""
+
+    @abstractmethod
+    async def inspect(self, program_format: str, payload: bytes) -> ProgramFacts:
+        """Parse the program (in a worker, never trusting the kernel) and report its facts."""
+
+    @abstractmethod
+    async def submit(self, spec: RunSpec) -> str:
+        """Hand the run to the provider; return the provider's job id."""
+
+    @abstractmethod
+    async def result(self, spec: RunSpec, provider_job_id: str) -> dict[str, Any]:
+        """Wait for the provider's result: `{"counts": {bitstring: n}, ...}`."""
+
+    async def recover(self, spec: RunSpec, provider_job_id: str | None) -> dict[str, Any]:
+        """Finish a job that was `submitted` when the broker stopped."""
+        if provider_job_id is None:
+            raise ProviderError("the broker stopped before the provider acknowledged the job")
+        return await self.result(spec, provider_job_id)

@@ -1,0 +1,1 @@
+"""The agent kernel's sandbox: launched by the `qguard` kernel provisioner."""

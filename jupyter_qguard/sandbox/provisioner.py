@@ -1,0 +1,130 @@
+"""The `qguard` kernel provisioner: how every agent kernel is started.
+
+On top of jupyter_client's LocalProvisioner it
+- puts the kernel's ZMQ sockets on the `ipc` transport, in a short per-kernel 0700 directory
+  that holds only its connection file and sockets, so the kernel needs no TCP at all;
+- reduces the environment to an allowlist, with HOME and friends inside that directory;
+- hands the kernel one end of a connected unix socket pair (its broker channel) as an
+  inherited descriptor, so it never has to call connect().
+The OS layers (Landlock, seccomp, namespaces, uid drop) are applied by `launch.py` in the
+kernel process before ipykernel starts; this class decides what they are.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.provisioning import LocalProvisioner
+from tornado import web
+
+from ..broker import runtime
+from .environment import kernel_environment
+
+
+class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
+    """Launches `qguard-agent` kernels; refuses to launch when no broker is running."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kernel_dir: Path | None = None
+        self._child_sock: socket.socket | None = None
+
+    @property
+    def is_qguard(self) -> bool:
+        """Marker the server checks (never the kernelspec name, which anyone can copy)."""
+        return True
+
+    def _make_kernel_dir(self, root: str) -> Path:
+        # mkdtemp creates it 0700 with an unguessable name; keep the path short, since a unix
+        # socket path must fit in 108 bytes. The server's pid in the name lets a later server
+        # remove directories left behind by one that was killed.
+        return Path(tempfile.mkdtemp(prefix=f"qg-{os.getpid()}-", dir=root or None))
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        try:
+            broker = runtime.current()
+        except runtime.BrokerNotRunning as exc:
+            # Fail closed, and say why: jupyter_server shows an HTTPError's message to the
+            # person who tried to start the kernel (other exceptions become "Unhandled error").
+            raise web.HTTPError(503, str(exc).replace("%", "%%")) from None
+        settings = broker.kernel_settings
+        km = self.parent
+        if self.kernel_dir is None or not self.kernel_dir.exists():
+            self.kernel_dir = self._make_kernel_dir(settings.get("runtime_root", ""))
+        if km is not None:
+            km.transport = "ipc"
+            km.ip = str(self.kernel_dir / "k")
+            km.connection_file = str(self.kernel_dir / "connection.json")
+
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._child_sock = child_sock
+        env, env_report = kernel_environment(
+            kwargs.get("env") or os.environ,
+            allowlist=settings.get("env_allowlist", ()),
+            kernel_dir=self.kernel_dir,
+            channel_fd=child_sock.fileno(),
+            kernel_id=self.kernel_id,
+        )
+        kwargs["env"] = env
+        kwargs["pass_fds"] = (child_sock.fileno(),)
+        broker.attach_kernel(
+            self.kernel_id,
+            parent_sock,
+            {"sandbox": {"env": env_report}, "kernel_dir": str(self.kernel_dir)},
+        )
+        return await super().pre_launch(**kwargs)
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+        try:
+            return await super().launch_kernel(cmd, **kwargs)
+        finally:
+            # The kernel holds its end now; the server must not keep a copy of it.
+            if self._child_sock is not None:
+                self._child_sock.close()
+                self._child_sock = None
+
+    async def cleanup(self, restart: bool = False) -> None:
+        await super().cleanup(restart=restart)
+        try:
+            broker = runtime.current()
+        except runtime.BrokerNotRunning:
+            broker = None
+        if broker is not None:
+            broker.detach_kernel(self.kernel_id, forget=not restart)
+        if not restart and self.kernel_dir is not None:
+            shutil.rmtree(self.kernel_dir, ignore_errors=True)
+            self.kernel_dir = None
+
+
+def sweep_stale_kernel_dirs(root: str) -> list[Path]:
+    """Remove kernel directories of servers that no longer run (killed, crashed)."""
+    removed = []
+    base = Path(root or tempfile.gettempdir())
+    for path in base.glob("qg-*-*"):
+        try:
+            pid = int(path.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid() or path.owner() != _whoami():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # that server is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _whoami() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name

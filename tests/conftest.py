@@ -1,0 +1,159 @@
+"""Shared fixtures: a real Jupyter server (pytest-jupyter) with jupyter_qguard loaded, and real
+agent kernels started by that server through the real `qguard` provisioner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from traitlets.config import Config
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+INSTALLED_KERNELSPEC = Path(sys.prefix) / "share" / "jupyter" / "kernels" / "qguard-agent"
+
+TEST_BACKENDS = {
+    "aer_simulator": {"provider": "aer", "tier": "simulator", "qubits": 28},
+    "aer_hw": {"provider": "aer", "tier": "hardware", "qubits": 28},
+}
+
+
+@pytest.fixture
+def qguard_config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Overrides of QGuardApp settings: parametrize it (indirect=True) to change them."""
+    return dict(getattr(request, "param", {}))
+
+
+@pytest.fixture
+def jp_server_config(tmp_path: Path, qguard_config: dict[str, Any]) -> Config:
+    return Config(
+        {
+            "ServerApp": {"jpserver_extensions": {"jupyter_qguard": True}},
+            "QGuardApp": {
+                "state_dir": str(tmp_path / "qguard-state"),
+                "backends": TEST_BACKENDS,
+                **qguard_config,
+            },
+        }
+    )
+
+
+@pytest.fixture(autouse=True)
+def qguard_kernelspec(jp_kernel_dir: Path) -> Path:
+    """pytest-jupyter isolates the Jupyter paths; put the kernelspec that `pip install .`
+    installed into the isolated data dir (which also checks that it was installed)."""
+    assert (INSTALLED_KERNELSPEC / "kernel.json").is_file(), (
+        "pip install . did not install the kernelspec"
+    )
+    dest = jp_kernel_dir / "qguard-agent"
+    shutil.copytree(INSTALLED_KERNELSPEC, dest)
+    return dest
+
+
+@pytest.fixture
+def broker(jp_serverapp: Any, jp_asyncio_loop: Any) -> Any:
+    """The running broker. pytest-jupyter never runs the server's post-start hooks, so start
+    the extension here, as `jupyter server` does once its loop runs."""
+    jp_asyncio_loop.run_until_complete(
+        jp_serverapp.extension_manager.start_extension("jupyter_qguard")
+    )
+    return jp_serverapp.web_app.settings["qguard_broker"]
+
+
+class Kernel:
+    """A kernel started by the server, driven with jupyter_client's async client."""
+
+    def __init__(self, server: Any, kernel_id: str) -> None:
+        self.server, self.id = server, kernel_id
+        self.manager = server.kernel_manager.get_kernel(kernel_id)
+        self.client = self.manager.client()
+
+    async def start(self) -> Kernel:
+        self.client.start_channels()
+        await self.client.wait_for_ready(timeout=90)
+        return self
+
+    async def run(self, code: str, timeout: float = 120) -> dict[str, Any]:
+        """Execute a cell; return status, stdout, stderr, results (text/plain) and error."""
+        out: dict[str, Any] = {
+            "stdout": "",
+            "stderr": "",
+            "results": [],
+            "displays": [],
+            "error": None,
+        }
+
+        def hook(msg: dict[str, Any]) -> None:
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                out[content["name"]] += content["text"]
+            elif kind == "execute_result":
+                out["results"].append(content["data"].get("text/plain", ""))
+            elif kind in ("display_data", "update_display_data"):
+                out["displays"].append(content["data"].get("text/plain", ""))
+            elif kind == "error":
+                out["error"] = {"ename": content["ename"], "evalue": content["evalue"]}
+
+        reply = await self.client.execute_interactive(
+            code, output_hook=hook, timeout=timeout, allow_stdin=False
+        )
+        out["status"] = reply["content"]["status"]
+        return out
+
+    async def value(self, expr: str) -> Any:
+        """Evaluate an expression in the kernel and return it, JSON-decoded."""
+        res = await self.run(f"import json as _j; print(_j.dumps({expr}))")
+        assert res["error"] is None, res
+        return json.loads(res["stdout"].strip().splitlines()[-1])
+
+    def stop(self) -> None:
+        self.client.stop_channels()
+
+
+@pytest.fixture
+def start_kernel(jp_fetch: Any, jp_serverapp: Any, broker: Any) -> Any:
+    kernels: list[Kernel] = []
+
+    async def start(name: str = "qguard-agent", path: str | None = None) -> Kernel:
+        if path is None:
+            r = await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": name}))
+            kernel_id = json.loads(r.body)["id"]
+        else:
+            body = {"path": path, "type": "notebook", "name": path, "kernel": {"name": name}}
+            r = await jp_fetch("api", "sessions", method="POST", body=json.dumps(body))
+            kernel_id = json.loads(r.body)["kernel"]["id"]
+        kernel = await Kernel(jp_serverapp, kernel_id).start()
+        kernels.append(kernel)
+        return kernel
+
+    yield start
+    for k in kernels:
+        k.stop()
+
+
+async def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Poll an async or sync predicate until it returns something truthy."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+BELL = """
+from qiskit import QuantumCircuit
+bell = QuantumCircuit(2)
+bell.h(0)
+bell.cx(0, 1)
+bell.measure_all()
+"""

@@ -1,0 +1,213 @@
+"""A real `jupyter server` in its own process, and a kernel driven over the server's websocket,
+as JupyterLab drives it. Used where a test or a benchmark needs the server to stop and start
+again, or to be measured from outside."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, base: Path, *, extra_args: list[str] | None = None) -> None:
+        self.base = base
+        self.root = base / "workspace"
+        self.state = base / "qguard-state"
+        self.token = uuid.uuid4().hex
+        self.port = free_port()
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = base / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        home = self.base / "home"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER_", "JPY_"))}
+        env.update(
+            HOME=str(home),
+            JUPYTER_CONFIG_DIR=str(home / ".jupyter"),
+            JUPYTER_DATA_DIR=str(home / ".local/share/jupyter"),
+            JUPYTER_RUNTIME_DIR=str(home / ".local/share/jupyter/runtime"),
+        )
+        return env
+
+    def start(self, timeout: float = 60) -> ServerProcess:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.base / "home").mkdir(exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.ip=127.0.0.1",
+            "--ServerApp.port_retries=0",
+            "--ServerApp.open_browser=False",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.root}",
+            f"--QGuardApp.state_dir={self.state}",
+            *self.extra_args,
+        ]
+        if os.geteuid() == 0:
+            cmd.append("--allow-root")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            cmd, env=self.env(), stdout=self._log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError("server did not start")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._log.close()
+        return code
+
+    async def fetch(
+        self, path: str, *, method: str = "GET", body: Any = None, raise_error: bool = True
+    ) -> HTTPResponse:
+        req = HTTPRequest(
+            f"{self.url}/{path.lstrip('/')}",
+            method=method,
+            headers={"Authorization": f"token {self.token}"},
+            body=None if body is None else json.dumps(body),
+            request_timeout=60,
+        )
+        return await AsyncHTTPClient().fetch(req, raise_error=raise_error)
+
+    async def json(self, path: str, **kwargs: Any) -> Any:
+        return json.loads((await self.fetch(path, **kwargs)).body)
+
+    async def websocket(self, path: str) -> WebSocketClientConnection:
+        req = HTTPRequest(
+            f"ws://127.0.0.1:{self.port}/{path.lstrip('/')}",
+            headers={"Authorization": f"token {self.token}"},
+        )
+        return await websocket_connect(req)
+
+    async def start_kernel(self, name: str = "qguard-agent") -> KernelWS:
+        kernel = await self.json("api/kernels", method="POST", body={"name": name})
+        ws = await self.websocket(f"api/kernels/{kernel['id']}/channels")
+        k = KernelWS(kernel["id"], ws)
+        await k.wait_ready()
+        return k
+
+
+class KernelWS:
+    """Runs cells in a kernel over /api/kernels/{id}/channels (JSON messages)."""
+
+    def __init__(self, kernel_id: str, ws: WebSocketClientConnection) -> None:
+        self.id, self.ws = kernel_id, ws
+        self.session = uuid.uuid4().hex
+
+    def _msg(
+        self, msg_type: str, content: dict[str, Any], channel: str = "shell"
+    ) -> dict[str, Any]:
+        return {
+            "header": {
+                "msg_id": uuid.uuid4().hex,
+                "msg_type": msg_type,
+                "session": self.session,
+                "username": "test",
+                "version": "5.3",
+                "date": "",
+            },
+            "parent_header": {},
+            "metadata": {},
+            "content": content,
+            "channel": channel,
+            "buffers": [],
+        }
+
+    async def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self._msg("kernel_info_request", {})
+            await self.ws.write_message(json.dumps(msg))
+            try:
+                while True:
+                    raw = await asyncio.wait_for(self.ws.read_message(), 2)
+                    if raw is None:
+                        raise RuntimeError("kernel websocket closed")
+                    reply = json.loads(raw)
+                    if (
+                        reply.get("parent_header", {}).get("msg_id") == msg["header"]["msg_id"]
+                        and reply["header"]["msg_type"] == "kernel_info_reply"
+                    ):
+                        return
+            except TimeoutError:
+                continue
+        raise TimeoutError("kernel did not answer kernel_info")
+
+    async def run(self, code: str, timeout: float = 120) -> dict[str, Any]:
+        msg = self._msg(
+            "execute_request",
+            {
+                "code": code,
+                "silent": False,
+                "store_history": True,
+                "user_expressions": {},
+                "allow_stdin": False,
+                "stop_on_error": True,
+            },
+        )
+        msg_id = msg["header"]["msg_id"]
+        await self.ws.write_message(json.dumps(msg))
+        out: dict[str, Any] = {"stdout": "", "stderr": "", "error": None, "status": None}
+        idle = replied = False
+        deadline = time.monotonic() + timeout
+        while not (idle and replied):
+            raw = await asyncio.wait_for(
+                self.ws.read_message(), max(0.1, deadline - time.monotonic())
+            )
+            if raw is None:
+                raise RuntimeError("kernel websocket closed")
+            m = json.loads(raw)
+            if m.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind, content = m["header"]["msg_type"], m["content"]
+            if kind == "stream":
+                out[content["name"]] += content["text"]
+            elif kind == "error":
+                out["error"] = {"ename": content["ename"], "evalue": content["evalue"]}
+            elif kind == "status" and content["execution_state"] == "idle":
+                idle = True
+            elif kind == "execute_reply":
+                out["status"], replied = content["status"], True
+        return out
+
+    def close(self) -> None:
+        self.ws.close()

@@ -1,0 +1,77 @@
+"""`jupyter qguard` on the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from jupyter_qguard.broker.jobs import State
+from jupyter_qguard.broker.store import Store, sqlite_url
+
+EXE = str(Path(sys.executable).with_name("jupyter"))
+
+
+def run(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HOME": str(home), "JUPYTER_CONFIG_DIR": str(home / "cfg")}
+    return subprocess.run(
+        [EXE, "qguard", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def _fields(backend: str, notebook: str | None = None) -> dict:
+    return dict(
+        requester={"user": "ada", "kernel_id": "k" * 32, "notebook": notebook, "cell_id": None},
+        backend=backend,
+        shots=100,
+        seed=None,
+        max_cost=None,
+        request={
+            "program": {"sdk": "qiskit", "format": "qpy", "sha256": "a" * 64, "payload_b64": "AA=="}
+        },
+        program_sha256="a" * 64,
+        files={},
+        policy_version="p" * 64,
+        digest="d" * 64,
+        decision={},
+    )
+
+
+def test_help_and_bare_command(tmp_path):
+    r = run("--help", home=tmp_path)
+    assert r.returncode == 0 and "jobs" in r.stdout
+    r = run(home=tmp_path)
+    assert r.returncode == 2 and "Subcommands: jobs" in r.stdout
+
+
+def test_jobs_lists_the_store_as_a_table_and_json(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    store = Store(sqlite_url(str(state / "qguard.db")))
+    a = store.create_job(actor="kernel:x", **_fields("aer_hw", "exp.ipynb"))
+    store.transition(a["id"], State.PENDING_APPROVAL, actor="broker")
+    b = store.create_job(actor="kernel:x", **_fields("aer_simulator"))
+    store.transition(
+        b["id"], State.REJECTED, actor="broker", reason="the circuit has no measurements"
+    )
+    store.close()
+
+    r = run("jobs", f"--QGuardApp.state_dir={state}", home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:4] == ["ID", "STATE", "BACKEND", "SHOTS"]
+    assert len(lines) == 3
+    assert a["id"][:12] in r.stdout and "pending_approval" in r.stdout and "exp.ipynb" in r.stdout
+    assert "the circuit has no measurements" in r.stdout
+
+    r = run("jobs", "--json", "--state=rejected", f"--QGuardApp.state_dir={state}", home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [j["id"] for j in json.loads(r.stdout)] == [b["id"]]
+
+
+def test_jobs_without_state_says_so(tmp_path):
+    r = run("jobs", f"--QGuardApp.state_dir={tmp_path / 'nothing'}", home=tmp_path)
+    assert r.returncode == 1
+    assert "no qguard state at" in r.stderr
