@@ -92,7 +92,7 @@ class QGuardApp(ExtensionApp):
         "Default: the system temp dir.",
     ).tag(config=True)
 
-    approver_name = Unicode(
+    requester_user = Unicode(
         "", help="Name recorded as the requester's user. Default: the OS user of the server."
     ).tag(config=True)
 
@@ -161,7 +161,7 @@ class QGuardApp(ExtensionApp):
             approval_ttl=self.approval_ttl,
             wait_max_seconds=self.wait_max_seconds,
             notebook_for_kernel=self._notebook_for_kernel,
-            user=self.approver_name or None,
+            user=self.requester_user or None,
             kernel_settings={
                 "env_allowlist": list(self.kernel_env_allowlist),
                 "runtime_root": self.kernel_runtime_root,
@@ -202,7 +202,9 @@ class QGuardApp(ExtensionApp):
         if sweeper is not None:
             sweeper.cancel()
         runtime.set_current(None)
-        await self.broker.stop()
+        broker = getattr(self, "broker", None)  # absent if initialization failed
+        if broker is not None:
+            await broker.stop()
 
 
 main = launch_new_instance = QGuardApp.launch_instance

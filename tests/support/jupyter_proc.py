@@ -27,7 +27,14 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, base: Path, *, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        base: Path,
+        *,
+        extra_args: list[str] | None = None,
+        launcher: list[str] | None = None,
+    ) -> None:
+        self.launcher = launcher or [sys.executable, "-m", "jupyter_server"]
         self.base = base
         self.root = base / "workspace"
         self.state = base / "qguard-state"
@@ -55,16 +62,18 @@ class ServerProcess:
     def start(self, timeout: float = 60) -> ServerProcess:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.base / "home").mkdir(exist_ok=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "jupyter_server",
+        # A custom launcher (the demo) sets port, address and root itself.
+        own = [
             f"--ServerApp.port={self.port}",
             "--ServerApp.ip=127.0.0.1",
-            "--ServerApp.port_retries=0",
             "--ServerApp.open_browser=False",
-            f"--IdentityProvider.token={self.token}",
             f"--ServerApp.root_dir={self.root}",
+        ]
+        cmd = [
+            *self.launcher,
+            *(own if self.launcher[-1] == "jupyter_server" else []),
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
             f"--QGuardApp.state_dir={self.state}",
             *self.extra_args,
         ]
