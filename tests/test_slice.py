@@ -173,3 +173,23 @@ async def test_second_approval_of_a_finished_job_is_a_conflict(start_kernel, jp_
     r = await jp_fetch("qguard", "api", "jobs", job["id"])
     events = [e["to"] for e in json.loads(r.body)["events"]]
     assert events.count("submitted") == 1
+
+
+async def test_interrupt_stops_waiting_but_not_the_job(start_kernel, jp_fetch):
+    k = await start_kernel()
+    assert k.manager.kernel_spec.interrupt_mode == "message"
+    await k.run(BELL)
+    cell = asyncio.ensure_future(
+        k.run("c = %qguard submit bell --backend aer_hw --shots 10 --wait")
+    )
+    job = await _pending_job(jp_fetch)
+    await asyncio.sleep(0.3)
+    await k.manager.interrupt_kernel()
+    res = await asyncio.wait_for(cell, 30)
+    assert res["error"]["ename"] == "KeyboardInterrupt"
+    assert any("stopped waiting" in d for d in res["displays"])
+    r = await jp_fetch("qguard", "api", "jobs", job["id"])
+    assert json.loads(r.body)["state"] == "pending_approval"
+    # the channel still works after the interrupted call
+    await k.run(f"s = %qguard status {job['id']}")
+    assert (await k.value("s"))["state"] == "pending_approval"
