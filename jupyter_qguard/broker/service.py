@@ -36,6 +36,7 @@ from .store import Store, TransitionConflict, utcnow
 log = logging.getLogger("jupyter_qguard.broker")
 
 BROKER = "broker"
+EXPIRED_REASON = "the approval window closed before anyone approved"
 
 
 class JobNotFound(LookupError):
@@ -362,31 +363,26 @@ class Broker:
         created = dt.datetime.fromisoformat(job["created_at"])
         return (utcnow() - created).total_seconds() > self.approval_ttl
 
+    async def _refuse_approval(self, job_id: str, end: State, reason: str) -> None:
+        """End a job that can no longer be approved, and refuse the approval at hand."""
+        await self._move(job_id, end, actor=BROKER, reason=reason)
+        raise TransitionConflict(job_id, end.value, State.APPROVED.value)
+
     async def approve(self, job_id: str, approver: str, digest: str) -> dict[str, Any]:
         job = await self.get(job_id)
         if job["state"] != State.PENDING_APPROVAL:
             raise TransitionConflict(job_id, job["state"], State.APPROVED.value)
         if self._expired(job):
-            await self._move(
-                job_id,
-                State.EXPIRED,
-                actor=BROKER,
-                reason="the approval window closed before anyone approved",
-            )
-            raise TransitionConflict(job_id, State.EXPIRED.value, State.APPROVED.value)
+            await self._refuse_approval(job_id, State.EXPIRED, EXPIRED_REASON)
         if digest != job["digest"]:
             raise DigestMismatch(
                 "the digest you approved is not this job's current digest: the request changed "
                 "after you saw it; review it again"
             )
         if job["policy_version"] != self.policy_version:
-            await self._move(
-                job_id,
-                State.VOIDED,
-                actor=BROKER,
-                reason="the backend policy changed after the request was checked",
+            await self._refuse_approval(
+                job_id, State.VOIDED, "the backend policy changed after the request was checked"
             )
-            raise TransitionConflict(job_id, State.VOIDED.value, State.APPROVED.value)
         count = await self._db(self.store.add_approval, job_id, approver, digest)
         needed = int(job["decision"].get("approvals_required", 1))
         if count < needed:
@@ -439,7 +435,7 @@ class Broker:
                         job["id"],
                         State.EXPIRED,
                         actor=BROKER,
-                        reason="the approval window closed before anyone approved",
+                        reason=EXPIRED_REASON,
                     )
                     n += 1
                 except TransitionConflict:
