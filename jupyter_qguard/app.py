@@ -18,8 +18,10 @@ from .broker.service import Broker
 from .broker.store import Store, sqlite_url
 from .handlers import ROUTES
 from .providers import provider_classes
+from .sandbox import rlimits
 from .sandbox.environment import DEFAULT_ALLOWLIST
 from .sandbox.provisioner import sweep_stale_kernel_dirs
+from .sandbox.spec import DEFAULT_MINIMUM, LAYERS
 
 DEFAULT_BACKENDS: dict[str, dict[str, Any]] = {
     "aer_simulator": {
@@ -92,6 +94,33 @@ class QGuardApp(ExtensionApp):
         "Default: the system temp dir.",
     ).tag(config=True)
 
+    sandbox_minimum = List(
+        Unicode(),
+        default_value=list(DEFAULT_MINIMUM),
+        help="Sandbox layers an agent kernel must have, or it does not start (fail closed). "
+        f"Layers: {', '.join(LAYERS)}.",
+    ).tag(config=True)
+
+    sandbox_disabled = List(
+        Unicode(),
+        default_value=[],
+        help="Sandbox layers not to apply, as if this machine lacked them (for diagnosis). A "
+        "disabled layer that is part of sandbox_minimum stops agent kernels from starting.",
+    ).tag(config=True)
+
+    kernel_rlimits = Dict(
+        help="rlimits of agent kernels: memory (bytes of address space), cpu_seconds, "
+        "processes, file_size (bytes), open_files; 0 leaves one as it is. Default: half the "
+        "machine's memory, 256 processes, 8 GiB files, 4096 open files, no CPU cap.",
+    ).tag(config=True)
+
+    kernel_extra_read_paths = List(
+        Unicode(),
+        default_value=[],
+        help="Extra paths agent kernels may read (and execute), e.g. a data set outside the "
+        "workspace or a toolchain outside /usr.",
+    ).tag(config=True)
+
     requester_user = Unicode(
         "", help="Name recorded as the requester's user. Default: the OS user of the server."
     ).tag(config=True)
@@ -111,6 +140,17 @@ class QGuardApp(ExtensionApp):
     @default("db_url")
     def _default_db_url(self) -> str:
         return sqlite_url(os.path.join(self.state_dir, "qguard.db"))
+
+    @default("kernel_rlimits")
+    def _default_rlimits(self) -> dict[str, int]:
+        return rlimits.defaults()
+
+    @validate("sandbox_minimum", "sandbox_disabled")
+    def _validate_layers(self, proposal: Any) -> list[str]:
+        unknown = set(proposal["value"]) - set(LAYERS)
+        if unknown:
+            raise ValueError(f"unknown sandbox layers {sorted(unknown)}; known: {list(LAYERS)}")
+        return proposal["value"]
 
     @validate("backends")
     def _validate_backends(self, proposal: Any) -> dict[str, Any]:
@@ -165,6 +205,11 @@ class QGuardApp(ExtensionApp):
             kernel_settings={
                 "env_allowlist": list(self.kernel_env_allowlist),
                 "runtime_root": self.kernel_runtime_root,
+                "workspace": self.serverapp.root_dir,
+                "minimum": list(self.sandbox_minimum),
+                "disabled": list(self.sandbox_disabled),
+                "rlimits": dict(self.kernel_rlimits),
+                "extra_read_paths": list(self.kernel_extra_read_paths),
             },
             channel_settings={
                 "max_request_bytes": self.channel_max_request_bytes,

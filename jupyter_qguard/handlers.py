@@ -21,6 +21,7 @@ from .broker.service import Broker, DigestMismatch, JobNotFound
 from .broker.store import TransitionConflict
 
 JOBS = "qguard:jobs"
+SANDBOX = "qguard:sandbox"
 _JOB_ID = r"(?P<job_id>[0-9a-f]{32})"
 
 
@@ -108,6 +109,19 @@ class DenyHandler(QGuardAPIHandler):
         self.finish(json.dumps(job))
 
 
+class SandboxHandler(QGuardAPIHandler):
+    """This machine's sandbox layers, and those actually in force in each agent kernel."""
+
+    auth_resource = SANDBOX
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        kernels = [self.broker.kernel_report(k) for k in sorted(self.broker.kernels)]
+        machine = await self.broker.sandbox_probe()
+        self.finish(json.dumps({"machine": machine, "kernels": [k for k in kernels if k]}))
+
+
 class EventsHandler(
     WebSocketMixin, ExtensionHandlerMixin, JupyterHandler, websocket.WebSocketHandler
 ):
@@ -153,5 +167,6 @@ ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     (rf"/qguard/api/jobs/{_JOB_ID}", JobHandler),
     (rf"/qguard/api/jobs/{_JOB_ID}/approve", ApproveHandler),
     (rf"/qguard/api/jobs/{_JOB_ID}/deny", DenyHandler),
+    (r"/qguard/api/sandbox", SandboxHandler),
     (r"/qguard/api/events", EventsHandler),
 ]

@@ -80,6 +80,12 @@ PARAMS: dict[str, dict[str, Any]] = {
     },
     "backends": _NO_PARAMS,
     "whoami": _NO_PARAMS,
+    "sandbox_report": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["ok", "layers"],
+        "properties": {"ok": {"type": "boolean"}, "layers": {"type": "object"}},
+    },
 }
 _VALIDATORS = {name: jsonschema.Draft202012Validator(schema) for name, schema in PARAMS.items()}
 
@@ -143,6 +149,7 @@ class KernelChannel:
         self._write_lock = asyncio.Lock()
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._requests_seen = 0
 
     # -- framing --------------------------------------------------------------------------
 
@@ -231,6 +238,12 @@ class KernelChannel:
                 'expected {"jsonrpc": "2.0", "id": <string|int>, "method": <string>, '
                 '"params": {...}}',
             )
+            return
+        self._requests_seen += 1
+        if msg["method"] == "sandbox_report" and self._requests_seen != 1:
+            # The launcher reports once, first, before any agent code runs; later "reports"
+            # could only come from the agent.
+            await self._reply_error(msg_id, CONFLICT, "the sandbox report was already given")
             return
         if not self.bucket.take():
             await self._reply_error(
@@ -328,6 +341,10 @@ class KernelChannel:
 
     async def rpc_backends(self) -> list[dict[str, Any]]:
         return self.broker.backend_list()
+
+    async def rpc_sandbox_report(self, ok: bool, layers: dict[str, Any]) -> dict[str, Any]:
+        self.broker.record_sandbox(self.kernel_id, ok, layers)
+        return {"recorded": True}
 
     async def rpc_whoami(self) -> dict[str, Any]:
         report = self.broker.kernel_report(self.kernel_id) or {}

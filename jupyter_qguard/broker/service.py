@@ -12,8 +12,10 @@ import base64
 import datetime as dt
 import getpass
 import hashlib
+import json
 import logging
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -81,6 +83,7 @@ class Broker:
         self.kernels: dict[str, dict[str, Any]] = {}
         self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qguard-db")
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._probe: asyncio.Future[dict[str, Any]] | None = None
         # Until the policy engine lands, the tier table *is* the policy: its hash goes into
         # every approval digest, so changing a backend's tier voids approvals given under the
         # old table.
@@ -132,6 +135,7 @@ class Broker:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._probe = asyncio.ensure_future(self._run_probe())
         for provider in self.providers.values():
             await provider.start()
         await self.recover()
@@ -192,6 +196,39 @@ class Broker:
             "sandbox": info.get("sandbox", {}),
             "connected": info.get("channel") is not None,
         }
+
+    def record_sandbox(self, kernel_id: str, ok: bool, layers: dict[str, Any]) -> None:
+        """What the launcher applied, as it reported once before any agent code ran."""
+        sandbox = self.kernels.setdefault(kernel_id, {}).setdefault("sandbox", {})
+        sandbox["ok"] = ok
+        sandbox["applied"] = layers
+        sandbox["active"] = sorted(n for n, v in layers.items() if v.get("active"))
+        if not ok:
+            why = {n: v.get("why") for n, v in layers.items() if not v.get("active")}
+            log.error("qguard: kernel %s refused to start: %s", kernel_id, why)
+
+    async def sandbox_probe(self) -> dict[str, Any]:
+        """This machine's sandbox layers, probed once (in a child process) and kept."""
+        if self._probe is None:
+            self._probe = asyncio.ensure_future(self._run_probe())
+        return await asyncio.shield(self._probe)
+
+    async def _run_probe(self) -> dict[str, Any]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "jupyter_qguard.sandbox.probe",
+            "--workspace",
+            self.workspace_root,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            why = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            log.error("qguard: the sandbox probe failed: %s", why[0])
+            return {}
+        return json.loads(out)
 
     async def requester_for(self, kernel_id: str, cell_id: str | None) -> dict[str, Any]:
         notebook = None

@@ -115,6 +115,9 @@ def kernel_environment(
             "PYTHONNOUSERSITE": "1",
             "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring",
             "PYTHONDONTWRITEBYTECODE": "1",
+            # A root server's kernel runs as a uid no account has; name it for getpass & co.
+            "USER": "qguard-agent",
+            "LOGNAME": "qguard-agent",
         }
     )
     report = {"active": True, "kept": sorted(env), "dropped_count": len(dropped)}

@@ -1,43 +1,199 @@
-"""Entry point of an agent kernel process: `python -m jupyter_qguard.sandbox.launch -f CONN`.
+"""Entry point of an agent kernel: `python -m jupyter_qguard.sandbox.launch -f CONN`.
 
-Runs in the kernel process before ipykernel: checks that it was started by the qguard
-provisioner (it holds its broker channel), then starts ipykernel with the qguard magics
-loaded. The OS sandbox layers are applied here, before any agent code can run.
+Stage one runs as the server's user: namespaces and mounts, the idmapped workspace, the drop
+from root to the kernel's own uid; then it exec()s stage two, which therefore starts with no
+capabilities at all. Stage two applies rlimits, Landlock and seccomp, checks that the minimum
+isolation holds (else it exits, saying which layer is missing and why), tells the broker what
+is in force (once, before any agent code runs) and only then starts ipykernel.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
+from typing import Any
 
 from .environment import CHANNEL_FD_VAR
+from .spec import SPEC_VAR, SandboxSpec
+
+STAGE1_VAR = "QGUARD_SANDBOX_STAGE1"
+FAILED_EXIT = 3
 
 
-def _check_channel() -> None:
+def fail(message: str) -> None:
+    sys.stderr.write(f"qguard: the agent kernel cannot start: {message}\n")
+    sys.stderr.flush()
+    os._exit(FAILED_EXIT)
+
+
+def _check_channel() -> int:
     fd_text = os.environ.get(CHANNEL_FD_VAR, "")
     try:
         fd = int(fd_text)
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
             raise OSError("not a socket")
     except (ValueError, OSError) as exc:
-        sys.stderr.write(
-            f"qguard: this kernel has no broker channel ({CHANNEL_FD_VAR}={fd_text!r}: {exc}). "
-            "A qguard agent kernel must be started by the qguard kernel provisioner, inside a "
-            "Jupyter server with the jupyter_qguard extension.\n"
+        fail(
+            f"it has no broker channel ({CHANNEL_FD_VAR}={fd_text!r}: {exc}); a qguard agent "
+            "kernel must be started by the qguard kernel provisioner, inside a Jupyter server "
+            "with the jupyter_qguard extension"
         )
-        raise SystemExit(3) from None
+    return fd
 
 
-def main(argv: list[str] | None = None) -> None:
-    _check_channel()
+def _layer(report: dict[str, Any], name: str, spec: SandboxSpec, fn: Any) -> None:
+    if name in spec.disabled:
+        report[name] = {"active": False, "why": "disabled by configuration"}
+        return
+    try:
+        report[name] = fn()
+    except (OSError, ValueError, RuntimeError) as exc:
+        report[name] = {"active": False, "why": f"{type(exc).__name__}: {exc}"}
+
+
+# -- stage one ------------------------------------------------------------------------------
+
+
+def stage_one(argv: list[str]) -> None:
+    from . import identity, landlock, namespaces
+
+    spec = SandboxSpec.from_env()
+    report: dict[str, Any] = {}
+    root = os.geteuid() == 0
+    idmapped = None
+    if root and spec.kernel_uid is not None and "idmap" not in spec.disabled:
+        try:
+            idmapped = namespaces.idmapped_tree(spec.workspace, spec.kernel_uid, spec.kernel_gid)
+        except OSError as exc:
+            report["idmap"] = {"active": False, "why": f"{exc}; the workspace stays read-only"}
+
+    def ns() -> dict[str, Any]:
+        names = namespaces.enter(rootless=not root)
+        mounts = namespaces.prepare_mounts(
+            workspace=spec.workspace,
+            kernel_dir=spec.kernel_dir,
+            idmapped=idmapped,
+            python_paths=landlock.python_paths() if root else [],
+        )
+        namespaces.fork_into_pid_namespace()  # returns in the kernel, pid 2 of the namespace
+        os.setsid()
+        return {"active": True, "namespaces": names, "mounts": mounts, "session": "new"}
+
+    _layer(report, "namespaces", spec, ns)
+    if idmapped is not None and report["namespaces"].get("active"):
+        report["idmap"] = {"active": True, "workspace": spec.workspace}
+    elif root and "idmap" not in report:
+        report["idmap"] = {"active": False, "why": "needs the mount namespace"}
+
+    if root:
+        if spec.kernel_uid is None:
+            fail("the server runs as root and no kernel uid was chosen")
+        try:
+            identity.give_dir_to(spec.kernel_dir, spec.kernel_uid, spec.kernel_gid)
+            identity.drop_to(spec.kernel_uid, spec.kernel_gid)
+        except OSError as exc:
+            fail(f"could not leave root: {exc}")
+    os.environ[STAGE1_VAR] = json.dumps(report)
+    os.execv(
+        sys.executable, [sys.executable, "-m", "jupyter_qguard.sandbox.launch", "--stage2", *argv]
+    )
+
+
+# -- stage two ------------------------------------------------------------------------------
+
+
+def stage_two(argv: list[str]) -> None:
+    from . import identity, landlock, rlimits, seccomp
+    from .syscalls import effective_capabilities
+
+    spec = SandboxSpec.from_env()
+    report: dict[str, Any] = json.loads(os.environ.pop(STAGE1_VAR, "{}"))
+    report["env"] = {"active": True, "names": sorted(os.environ)}
+
+    def nonroot() -> dict[str, Any]:
+        caps = effective_capabilities()
+        if os.getuid() == 0 or os.geteuid() == 0:
+            raise OSError("the kernel runs as root")
+        if caps != 0:
+            raise OSError(f"the kernel holds capabilities {caps:#x}")
+        return {
+            "active": True,
+            "uid": os.getuid(),
+            "gid": os.getgid(),
+            "capabilities": identity.status_line("CapEff"),
+        }
+
+    _layer(report, "nonroot", spec, nonroot)
+    _layer(report, "rlimits", spec, lambda: rlimits.apply(spec.rlimits))
+    _layer(
+        report,
+        "landlock",
+        spec,
+        lambda: landlock.apply(
+            workspace=spec.workspace, kernel_dir=spec.kernel_dir, extra_read=spec.extra_read_paths
+        ),
+    )
+    _layer(report, "seccomp", spec, seccomp.apply)
+
+    missing = [
+        f"{name} ({report.get(name, {}).get('why', 'not applied')})"
+        for name in spec.minimum
+        if not report.get(name, {}).get("active")
+    ]
+    fd = _check_channel()
+    _send_report(fd, report, ok=not missing)
+    if missing:
+        fail("minimum isolation not met: " + "; ".join(missing))
+    del os.environ[SPEC_VAR]
+    # In the pid namespace the kernel's parent is its own init, which ipykernel's parent
+    # poller would take for "the server is gone". Parent death is handled by PR_SET_PDEATHSIG.
+    if report.get("namespaces", {}).get("active"):
+        os.environ.pop("JPY_PARENT_PID", None)
+    start_ipykernel(argv)
+
+
+def _send_report(fd: int, report: dict[str, Any], *, ok: bool) -> None:
+    """Tell the broker what is in force, once, before any agent code runs."""
+    import socket
+
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        msg = {
+            "jsonrpc": "2.0",
+            "id": "sandbox-report",
+            "method": "sandbox_report",
+            "params": {"ok": ok, "layers": report},
+        }
+        sock.sendall(json.dumps(msg).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        sock.close()
+
+
+def start_ipykernel(argv: list[str]) -> None:
     from ipykernel.kernelapp import IPKernelApp
 
     app = IPKernelApp.instance()
-    app.initialize(list(sys.argv[1:] if argv is None else argv))
+    app.initialize(list(argv))
     # Loaded after config: nothing in a config file can leave the guard out.
     app.shell.extension_manager.load_extension("jupyter_qguard")
     app.start()
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    _check_channel()
+    if argv[:1] == ["--stage2"]:
+        stage_two(argv[1:])
+    else:
+        stage_one(argv)
 
 
 if __name__ == "__main__":

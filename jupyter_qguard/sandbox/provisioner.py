@@ -23,7 +23,9 @@ from jupyter_client.provisioning import LocalProvisioner
 from tornado import web
 
 from ..broker import runtime
+from . import identity
 from .environment import kernel_environment
+from .spec import DEFAULT_MINIMUM, SPEC_VAR, SandboxSpec
 
 
 class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
@@ -53,6 +55,7 @@ class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
             # person who tried to start the kernel (other exceptions become "Unhandled error").
             raise web.HTTPError(503, str(exc).replace("%", "%%")) from None
         settings = broker.kernel_settings
+        await self._preflight(broker)
         km = self.parent
         if self.kernel_dir is None or not self.kernel_dir.exists():
             self.kernel_dir = self._make_kernel_dir(settings.get("runtime_root", ""))
@@ -70,14 +73,59 @@ class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
             channel_fd=child_sock.fileno(),
             kernel_id=self.kernel_id,
         )
+        workspace = os.path.realpath(settings["workspace"])
+        spec = SandboxSpec(
+            workspace=workspace,
+            kernel_dir=str(self.kernel_dir),
+            minimum=list(settings.get("minimum", DEFAULT_MINIMUM)),
+            disabled=list(settings.get("disabled", [])),
+            rlimits=dict(settings.get("rlimits", {})),
+            extra_read_paths=list(settings.get("extra_read_paths", [])),
+        )
+        if os.geteuid() == 0:
+            spec.kernel_uid = spec.kernel_gid = identity.uid_for_kernel(self.kernel_id)
+        env[SPEC_VAR] = spec.to_env()
         kwargs["env"] = env
         kwargs["pass_fds"] = (child_sock.fileno(),)
         broker.attach_kernel(
             self.kernel_id,
             parent_sock,
-            {"sandbox": {"env": env_report}, "kernel_dir": str(self.kernel_dir)},
+            {
+                "sandbox": {
+                    "requested": {
+                        "minimum": spec.minimum,
+                        "disabled": spec.disabled,
+                        "kernel_uid": spec.kernel_uid,
+                    },
+                    "env": env_report,
+                },
+                "kernel_dir": str(self.kernel_dir),
+            },
         )
         return await super().pre_launch(**kwargs)
+
+    async def _preflight(self, broker: Any) -> None:
+        """Refuse to start when this machine cannot give the minimum isolation; say which
+        layer is missing and why, to the person (the error dialog) and in the server log."""
+        settings = broker.kernel_settings
+        probe = await broker.sandbox_probe()
+        disabled = set(settings.get("disabled", []))
+        missing = []
+        for layer in settings.get("minimum", DEFAULT_MINIMUM):
+            found = probe.get(layer, {"available": False, "why": "unknown layer"})
+            if layer in disabled:
+                missing.append(f"{layer}: disabled by configuration (QGuardApp.sandbox_disabled)")
+            elif not found.get("available"):
+                missing.append(f"{layer}: {found.get('why', 'not available')}")
+        if missing:
+            message = (
+                "The qguard agent kernel cannot start: the minimum isolation "
+                f"({', '.join(settings.get('minimum', DEFAULT_MINIMUM))}) is not available. "
+                + " ".join(f"[{m}]" for m in missing)
+                + " Run `jupyter qguard doctor` for details."
+            )
+            self.log.error(message)
+            raise web.HTTPError(503, message.replace("%", "%%"))
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
         try:
@@ -110,7 +158,15 @@ def sweep_stale_kernel_dirs(root: str) -> list[Path]:
             pid = int(path.name.split("-")[1])
         except (IndexError, ValueError):
             continue
-        if pid == os.getpid() or path.owner() != _whoami():
+        try:
+            owner = path.stat().st_uid
+        except OSError:
+            continue
+        # Ours: owned by this user, or (root server) by one of the kernel uids we hand out.
+        mine = owner == os.geteuid() or (
+            os.geteuid() == 0 and identity.UID_BASE <= owner < identity.UID_BASE + identity.UID_SPAN
+        )
+        if pid == os.getpid() or not mine:
             continue
         try:
             os.kill(pid, 0)
@@ -122,9 +178,3 @@ def sweep_stale_kernel_dirs(root: str) -> list[Path]:
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
-
-
-def _whoami() -> str:
-    import pwd
-
-    return pwd.getpwuid(os.geteuid()).pw_name

@@ -1,0 +1,201 @@
+"""Namespaces and mounts, set up by the launcher's first stage, before privileges go.
+
+- pid (with its own /proc), net (nothing but a down loopback), mount, ipc and uts namespaces;
+  an unprivileged server needs a user namespace for them, a root server does not;
+- in the new mount namespace: empty tmpfs over /run (D-Bus, keyring and agent sockets live
+  there) and /dev/shm, the workspace's protected paths bound read-only, and, for a root server,
+  the workspace remounted idmapped so the kernel's uid writes it as its owner.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import syscalls as sc
+from .spec import PROTECTED_NAMES
+
+
+def idmapped_tree(workspace: str, kernel_uid: int, kernel_gid: int) -> int:
+    """A detached copy of the workspace mount where the owner's files belong to the kernel's
+    uid: writes by the kernel land on disk as the owner's. Must run before unshare(NEWPID)."""
+    st = os.stat(workspace)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # helper: owns the user namespace that describes the mapping
+        try:
+            os.close(w)
+            sc.unshare(sc.CLONE_NEWUSER)
+            os.read(r, 1)
+        finally:
+            os._exit(0)
+    os.close(r)
+    try:
+        # Give the helper time to unshare: its uid_map is writable only once it has.
+        for _ in range(200):
+            if os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user"):
+                break
+            os.sched_yield()
+        Path(f"/proc/{pid}/uid_map").write_text(f"{st.st_uid} {kernel_uid} 1\n")
+        Path(f"/proc/{pid}/setgroups").write_text("deny\n")
+        Path(f"/proc/{pid}/gid_map").write_text(f"{st.st_gid} {kernel_gid} 1\n")
+        userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            tree = sc.open_tree(workspace, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
+            sc.mount_setattr_idmap(tree, userns)
+        finally:
+            os.close(userns)
+        return tree
+    finally:
+        os.write(w, b"x")
+        os.close(w)
+        os.waitpid(pid, 0)
+
+
+def enter(*, rootless: bool) -> list[str]:
+    """unshare the namespaces; return their names. Raises OSError if the machine refuses."""
+    flags = sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
+    uid, gid = os.getuid(), os.getgid()
+    if rootless:
+        flags |= sc.CLONE_NEWUSER
+    sc.unshare(flags)
+    names = ["mount", "pid", "net", "ipc", "uts"]
+    if rootless:
+        # The same ids inside as outside: files keep their owner, and since the uid is not 0
+        # inside, the exec into stage two leaves the process with no capabilities at all.
+        Path("/proc/self/setgroups").write_text("deny\n")
+        Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1\n")
+        Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1\n")
+        names.insert(0, "user")
+    return names
+
+
+def closed_ancestors(paths: list[str]) -> dict[str, list[str]]:
+    """For paths the kernel's uid could not reach (a parent without o+x, such as /root with
+    Python installed under it): the topmost such directory, and the paths below it."""
+    out: dict[str, list[str]] = {}
+    for path in paths:
+        parts = os.path.realpath(path).split("/")
+        for i in range(2, len(parts)):
+            parent = "/".join(parts[:i])
+            try:
+                mode = os.stat(parent).st_mode
+            except OSError:
+                break
+            if not mode & 0o001:
+                out.setdefault(parent, []).append(os.path.realpath(path))
+                break
+    return out
+
+
+def reexpose(closed: dict[str, list[str]], rw: dict[str, int]) -> list[str]:
+    """Cover each closed directory with an empty tmpfs (its other contents stay hidden: a
+    root server's home holds its secrets) and bind back only what the kernel needs: Python's
+    paths read-only, and `rw` (path → prepared mount fd) as given."""
+    clones: list[tuple[str, int]] = []
+    for paths in closed.values():
+        for p in sorted(set(paths)):
+            if p in rw or not os.path.exists(p):
+                continue
+            fd = sc.open_tree(p, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | sc.AT_RECURSIVE)
+            sc.mount_setattr(fd, sc.MOUNT_ATTR_RDONLY, recursive=True)
+            clones.append((p, fd))
+    for top in closed:
+        sc.mount("tmpfs", top, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755,size=1m")
+    for p, fd in [*clones, *rw.items()]:
+        if not any(p == t or p.startswith(t + "/") for t in closed):
+            continue
+        os.makedirs(p, mode=0o755, exist_ok=True)
+        sc.move_mount(fd, p)
+        os.close(fd)
+    return sorted(closed)
+
+
+def _covers(parent: str, paths: list[str]) -> bool:
+    return any(p == parent or p.startswith(parent.rstrip("/") + "/") for p in paths)
+
+
+def prepare_mounts(
+    *, workspace: str, kernel_dir: str, idmapped: int | None, python_paths: list[str]
+) -> dict[str, Any]:
+    """Inside the new mount namespace (before the pid-namespace fork)."""
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    done: dict[str, Any] = {"private_root": True}
+    # A root server: the kernel's uid must still reach Python and its two directories.
+    closed = closed_ancestors([*python_paths, workspace, kernel_dir]) if python_paths else {}
+    under = {p for p in (workspace, kernel_dir) if any(p.startswith(t + "/") for t in closed)}
+    keep: dict[str, int] = {}
+    for p in under:
+        keep[p] = (
+            idmapped
+            if (p == workspace and idmapped is not None)
+            else sc.open_tree(p, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
+        )
+    if idmapped is not None and workspace not in keep:
+        sc.move_mount(idmapped, workspace)
+        os.close(idmapped)
+    if idmapped is not None:
+        done["workspace"] = "idmapped"
+    if closed:
+        done["covered"] = reexpose(closed, keep)
+    stay = [workspace, kernel_dir]
+    hidden = []
+    for path in ("/run", "/var/run", "/dev/shm", "/tmp/.X11-unix"):
+        real = os.path.realpath(path)
+        if os.path.isdir(real) and not _covers(real, stay) and real not in hidden:
+            sc.mount("tmpfs", real, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777,size=64m")
+            hidden.append(real)
+    done["emptied"] = hidden
+    protected = []
+    for name in PROTECTED_NAMES:
+        p = os.path.join(workspace, name)
+        if os.path.lexists(p) and not os.path.islink(p):
+            sc.mount(p, p, None, sc.MS_BIND | sc.MS_REC)
+            sc.mount(None, p, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
+            protected.append(name)
+    done["read_only"] = protected
+    return done
+
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
+
+
+def _relay(child: int, *, reap_all: bool) -> None:
+    """Forward signals to `child`, wait for it, and exit with its status (never returns)."""
+    os.closerange(3, 1 << 16)  # the channel, the spec: nothing here needs them
+    for sig in FORWARDED:
+        signal.signal(sig, lambda s, _f: os.kill(child, s))
+    status = 0
+    while True:
+        try:
+            pid, st = os.waitpid(-1 if reap_all else child, 0)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            break
+        if pid == child:
+            status = st
+            break
+    sys.stdout.flush()
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    os._exit(code)
+
+
+def fork_into_pid_namespace() -> None:
+    """Returns in the process that becomes the kernel (pid 2 of the new pid namespace).
+
+    Outside stays a supervisor (the process jupyter_client started and signals). Pid 1 of the
+    namespace is a small init: it mounts the namespace's own /proc, reaps orphans and relays
+    signals; if the supervisor is killed, pid 1 dies with it and takes the namespace along.
+    """
+    init = os.fork()
+    if init != 0:
+        _relay(init, reap_all=False)
+    sc.mount("proc", "/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    kernel = os.fork()
+    if kernel != 0:
+        _relay(kernel, reap_all=True)

@@ -1,0 +1,64 @@
+"""What the provisioner asks the launcher to apply, and the names of the layers.
+
+The provisioner (trusted, in the server) decides; the launcher (in the kernel process, before
+any agent code) applies and reports. The spec travels as JSON in one environment variable that
+the launcher removes before ipykernel starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+SPEC_VAR = "QGUARD_SANDBOX_SPEC"
+
+# Every layer, in the order the launcher applies them.
+LAYERS = ("env", "nonroot", "namespaces", "idmap", "rlimits", "landlock", "seccomp")
+DEFAULT_MINIMUM = ("env", "nonroot", "landlock", "seccomp")
+
+# Relative to the workspace: places that make code run on someone's next start, kept read-only
+# inside the kernel even though the workspace around them is writable.
+PROTECTED_NAMES = (
+    ".git/hooks",
+    ".git/config",
+    ".jupyter",
+    ".ipython",
+    ".local",
+    ".config",
+    ".bashrc",
+    ".bash_profile",
+    ".bash_login",
+    ".profile",
+    ".zshrc",
+    ".zprofile",
+    ".zshenv",
+    ".ssh",
+    ".aws",
+    ".qiskit",
+    ".gnupg",
+    ".pythonrc",
+    ".pythonstartup",
+)
+
+
+@dataclass
+class SandboxSpec:
+    workspace: str
+    kernel_dir: str
+    minimum: list[str] = field(default_factory=lambda: list(DEFAULT_MINIMUM))
+    disabled: list[str] = field(default_factory=list)
+    kernel_uid: int | None = None  # set when the server runs as root
+    kernel_gid: int | None = None
+    rlimits: dict[str, int] = field(default_factory=dict)
+    extra_read_paths: list[str] = field(default_factory=list)
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_env(cls) -> SandboxSpec:
+        raw = os.environ.get(SPEC_VAR)
+        if not raw:
+            raise RuntimeError(f"{SPEC_VAR} is not set: the kernel was not started by qguard")
+        return cls(**json.loads(raw))

@@ -1,0 +1,153 @@
+"""Linux calls Python's os module lacks: unshare, mount, the new mount API, prctl, capget.
+
+Only what the sandbox needs, through libc. Numbers are those of the generic syscall table,
+which x86_64 and aarch64 share for these calls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+
+_MACHINE = platform.machine()
+SYS_open_tree = 428
+SYS_move_mount = 429
+SYS_mount_setattr = 442
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_IDMAP = 0x00100000
+MOUNT_ATTR_RDONLY = 0x00000001
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def mount(
+    source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
+    def b(s: str | None) -> bytes | None:
+        return None if s is None else os.fsencode(s)
+
+    _check(
+        _libc.mount(b(source), b(target), b(fstype), ctypes.c_ulong(flags), b(data)),
+        f"mount {target}",
+    )
+
+
+def prctl(option: int, arg2: int = 0) -> int:
+    return _check(
+        _libc.prctl(
+            ctypes.c_int(option),
+            ctypes.c_ulong(arg2),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+        ),
+        f"prctl({option})",
+    )
+
+
+def _syscall(nr: int, *args: object, what: str) -> int:
+    _libc.syscall.restype = ctypes.c_long
+    return _check(_libc.syscall(ctypes.c_long(nr), *args), what)
+
+
+def open_tree(path: str, flags: int) -> int:
+    return _syscall(
+        SYS_open_tree,
+        ctypes.c_int(-100),
+        os.fsencode(path),
+        ctypes.c_uint(flags),
+        what=f"open_tree {path}",
+    )
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def mount_setattr(
+    mount_fd: int, attr_set: int, userns_fd: int = 0, recursive: bool = False
+) -> None:
+    attr = _MountAttr(attr_set=attr_set, userns_fd=userns_fd)
+    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    _syscall(
+        SYS_mount_setattr,
+        ctypes.c_int(mount_fd),
+        b"",
+        ctypes.c_uint(flags),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+        what="mount_setattr",
+    )
+
+
+def mount_setattr_idmap(mount_fd: int, userns_fd: int) -> None:
+    mount_setattr(mount_fd, MOUNT_ATTR_IDMAP, userns_fd)
+
+
+def move_mount(mount_fd: int, target: str) -> None:
+    _syscall(
+        SYS_move_mount,
+        ctypes.c_int(mount_fd),
+        b"",
+        ctypes.c_int(-100),
+        os.fsencode(target),
+        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+        what=f"move_mount {target}",
+    )
+
+
+def effective_capabilities() -> int:
+    """CapEff of this process, from /proc/self/status (0 means none)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return -1
+
+
+def no_new_privs() -> bool:
+    return prctl(PR_GET_NO_NEW_PRIVS) == 1
