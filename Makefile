@@ -22,7 +22,9 @@ lint: env
 	$(BIN)/ruff check jupyter_qguard tests bench
 	$(BIN)/ruff format --check jupyter_qguard tests bench
 
+# As root (CI), the sandbox tests also run as the unprivileged user qgtest, created here.
 test: env lint
+	@if [ "$$(id -u)" = 0 ]; then bash tests/setup-unprivileged.sh; fi
 	$(BIN)/python -m pytest -q -ra
 
 bench: env

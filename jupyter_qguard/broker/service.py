@@ -193,6 +193,7 @@ class Broker:
             return None
         return {
             "kernel_id": kernel_id,
+            "kernel_dir": info.get("kernel_dir"),
             "sandbox": info.get("sandbox", {}),
             "connected": info.get("channel") is not None,
         }

@@ -62,6 +62,7 @@ def stage_one(argv: list[str]) -> None:
     spec = SandboxSpec.from_env()
     report: dict[str, Any] = {}
     root = os.geteuid() == 0
+    cwd = os.getcwd()
     idmapped = None
     if root and spec.kernel_uid is not None and "idmap" not in spec.disabled:
         try:
@@ -77,6 +78,9 @@ def stage_one(argv: list[str]) -> None:
             idmapped=idmapped,
             python_paths=landlock.python_paths() if root else [],
         )
+        # The cwd still points into the mounts as they were: enter it again by its path, so the
+        # kernel works in the new (idmapped, re-exposed) workspace.
+        os.chdir(cwd)
         namespaces.fork_into_pid_namespace()  # returns in the kernel, pid 2 of the namespace
         os.setsid()
         return {"active": True, "namespaces": names, "mounts": mounts, "session": "new"}

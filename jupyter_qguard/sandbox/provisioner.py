@@ -82,6 +82,11 @@ class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
             rlimits=dict(settings.get("rlimits", {})),
             extra_read_paths=list(settings.get("extra_read_paths", [])),
         )
+        # A kernel started without a notebook would inherit the server's cwd, which may lie
+        # outside the workspace (and so be unreadable to it): start it at the workspace root.
+        cwd = os.path.realpath(kwargs.get("cwd") or os.getcwd())
+        if cwd != workspace and not cwd.startswith(workspace + os.sep):
+            kwargs["cwd"] = workspace
         if os.geteuid() == 0:
             spec.kernel_uid = spec.kernel_gid = identity.uid_for_kernel(self.kernel_id)
         env[SPEC_VAR] = spec.to_env()

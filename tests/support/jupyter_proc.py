@@ -33,7 +33,11 @@ class ServerProcess:
         *,
         extra_args: list[str] | None = None,
         launcher: list[str] | None = None,
+        user: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
+        self.user = user
+        self.extra_env = env or {}
         self.launcher = launcher or [sys.executable, "-m", "jupyter_server"]
         self.base = base
         self.root = base / "workspace"
@@ -57,6 +61,7 @@ class ServerProcess:
             JUPYTER_DATA_DIR=str(home / ".local/share/jupyter"),
             JUPYTER_RUNTIME_DIR=str(home / ".local/share/jupyter/runtime"),
         )
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 60) -> ServerProcess:
@@ -77,11 +82,19 @@ class ServerProcess:
             f"--QGuardApp.state_dir={self.state}",
             *self.extra_args,
         ]
-        if os.geteuid() == 0:
+        if os.geteuid() == 0 and self.user is None:
             cmd.append("--allow-root")
         self._log = open(self.log_path, "ab")
+        as_user = {}
+        if self.user is not None:
+            as_user = {"user": self.user, "group": self.user, "extra_groups": []}
         self.proc = subprocess.Popen(
-            cmd, env=self.env(), stdout=self._log, stderr=subprocess.STDOUT
+            cmd,
+            env=self.env(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
+            **as_user,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
