@@ -23,6 +23,7 @@ sys.path.insert(0, str(HERE.parent))
 from support.jupyter_proc import ServerProcess  # noqa: E402
 
 MODES = ["root", "user"]
+KEYRING_FILE = ".local/share/python_keyring/keyring_pass.cfg"
 UNPRIVILEGED = "qgtest"
 
 
@@ -54,7 +55,7 @@ class World:
         for rel, text in {
             ".qiskit/qiskit-ibm.json": json.dumps({"default-ibm-quantum": {"token": self.secret}}),
             ".aws/credentials": f"[default]\naws_secret_access_key = {self.secret}\n",
-            ".local/share/python_keyring/keyring_pass.cfg": f"[jupyter-qguard]\nescape = {self.secret}\n",
+            KEYRING_FILE: f"[jupyter-qguard]\nescape = {self.secret}\n",
             ".bashrc": "# the person's shell\n",
         }.items():
             p = home / rel
@@ -133,7 +134,7 @@ async def run_probes(world: World, probes: dict[str, str]) -> dict[str, Any]:
     context = {
         "secret": world.secret,
         "home": str(world.home),
-        "keyring_file": str(world.home / ".local/share/python_keyring/keyring_pass.cfg"),
+        "keyring_file": str(world.home / KEYRING_FILE),
         "state": str(server.state),
         "runtime": str(runtime),
         "server_json": str(next(runtime.glob("jpserver-*.json"))),
