@@ -106,6 +106,24 @@ class JobsCommand(QGuardCommand):
         )
 
 
+class DoctorCommand(QGuardCommand):
+    name = "jupyter-qguard-doctor"
+    description = (
+        "Probe each sandbox layer on this machine (available or not, and why), and list "
+        "plaintext credentials in the usual places by name."
+    )
+    as_json = Bool(False, help="Print JSON instead of text.").tag(config=True)
+    flags = {"json": ({"DoctorCommand": {"as_json": True}}, "Print JSON instead of text.")}
+
+    def start(self) -> None:
+        from .sandbox import doctor
+
+        settings = self.qguard_settings()
+        rep = doctor.report(minimum=list(settings.sandbox_minimum))
+        print(json.dumps(rep, indent=2) if self.as_json else doctor.format_report(rep))
+        self.exit(0 if rep["agent_kernels_can_start"] else 1)
+
+
 class QGuardCLI(JupyterApp):
     name = "jupyter-qguard"
     version = __version__
@@ -113,7 +131,10 @@ class QGuardCLI(JupyterApp):
         "jupyter_qguard: agents run quantum code in sandboxed kernels; hardware jobs wait for a "
         "person's approval. Subcommands manage the broker's state."
     )
-    subcommands = {"jobs": (JobsCommand, JobsCommand.description)}
+    subcommands = {
+        "jobs": (JobsCommand, JobsCommand.description),
+        "doctor": (DoctorCommand, DoctorCommand.description),
+    }
 
     def start(self) -> None:
         if self.subapp is None:

@@ -62,13 +62,13 @@ NEVER_PASS: tuple[str, ...] = (
     r"PYTHONHOME",
     r"LD_.*",
 )
-_NEVER = re.compile("|".join(f"(?:{p})" for p in NEVER_PASS), re.IGNORECASE)
+NEVER_PASS_RE = re.compile("|".join(f"(?:{p})" for p in NEVER_PASS), re.IGNORECASE)
 
 KERNEL_ID_VAR = "QGUARD_KERNEL_ID"
 
 
 def allowed(name: str, allowlist: Iterable[str]) -> bool:
-    if _NEVER.fullmatch(name):
+    if NEVER_PASS_RE.fullmatch(name):
         return False
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in allowlist)
 

@@ -103,7 +103,9 @@ def _allow(rs: Ruleset, path: str, rights: AccessFS, granted: dict[str, str]) ->
     granted[path] = "rw" if rights & AccessFS.WRITE_FILE else "ro"
 
 
-def apply(*, workspace: str, kernel_dir: str, extra_read: list[str]) -> dict[str, Any]:
+def apply(
+    *, workspace: str, kernel_dir: str, extra_read: list[str], extra_rw: list[str] = ()
+) -> dict[str, Any]:
     """Restrict this process (and its future children) for good; return what was applied."""
     abi = abi_version()
     if abi < 1:
@@ -126,7 +128,7 @@ def apply(*, workspace: str, kernel_dir: str, extra_read: list[str]) -> dict[str
             _allow(rs, p, AccessFS.READ_FILE | AccessFS.READ_DIR, granted)
         for p in DEVICES_RW:
             _allow(rs, p, AccessFS.READ_FILE | AccessFS.WRITE_FILE, granted)
-        for p in (workspace, kernel_dir, "/dev/shm"):
+        for p in (workspace, kernel_dir, "/dev/shm", *extra_rw):
             _allow(rs, p, everything, granted)
         rs.restrict()
         return {

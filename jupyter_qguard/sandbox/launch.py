@@ -131,12 +131,18 @@ def stage_two(argv: list[str]) -> None:
 
     _layer(report, "nonroot", spec, nonroot)
     _layer(report, "rlimits", spec, lambda: rlimits.apply(spec.rlimits))
+    # The private devpts (if the mount namespace gave one) is the kernel's own: `!cmd` needs it.
+    mounts = report.get("namespaces", {}).get("mounts", {})
+    ptys = ["/dev/ptmx", "/dev/pts"] if mounts.get("devpts") is True else []
     _layer(
         report,
         "landlock",
         spec,
         lambda: landlock.apply(
-            workspace=spec.workspace, kernel_dir=spec.kernel_dir, extra_read=spec.extra_read_paths
+            workspace=spec.workspace,
+            kernel_dir=spec.kernel_dir,
+            extra_read=spec.extra_read_paths,
+            extra_rw=ptys,
         ),
     )
     _layer(report, "seccomp", spec, seccomp.apply)
@@ -171,7 +177,7 @@ def _send_report(fd: int, report: dict[str, Any], *, ok: bool) -> None:
             "params": {"ok": ok, "layers": report},
         }
         sock.sendall(json.dumps(msg).encode() + b"\n")
-        buf = b""
+        buf = b"" if ok else b"\n"  # a refusal does not wait for the broker's answer
         while not buf.endswith(b"\n"):
             chunk = sock.recv(65536)
             if not chunk:

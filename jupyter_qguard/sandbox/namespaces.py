@@ -149,6 +149,20 @@ def prepare_mounts(
             sc.mount("tmpfs", real, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777,size=64m")
             hidden.append(real)
     done["emptied"] = hidden
+    # A pty of its own (IPython's `!cmd` runs through one) from a private devpts instance:
+    # the person's terminals in the shared /dev/pts stay out of reach.
+    try:
+        sc.mount(
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            sc.MS_NOSUID | sc.MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620",
+        )
+        sc.mount("/dev/pts/ptmx", "/dev/ptmx", None, sc.MS_BIND)
+        done["devpts"] = True
+    except OSError as exc:
+        done["devpts"] = f"no private devpts: {exc.strerror}"
     protected = []
     for name in PROTECTED_NAMES:
         p = os.path.join(workspace, name)
