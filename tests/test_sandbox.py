@@ -118,7 +118,8 @@ COMPAT = {
         "inline",
     ),
     "qiskit_transpile": (
-        "from qiskit import QuantumCircuit, transpile\nqc = QuantumCircuit(3); qc.h(0); qc.cx(0, 1); qc.ccx(0, 1, 2)\n"
+        "from qiskit import QuantumCircuit, transpile\n"
+        "qc = QuantumCircuit(3); qc.h(0); qc.cx(0, 1); qc.ccx(0, 1, 2)\n"
         "t = transpile(qc, basis_gates=['cx', 'rz', 'sx', 'x'], optimization_level=1)\n"
         "print(set(t.count_ops()) <= {'cx', 'rz', 'sx', 'x'})",
         "True",
@@ -143,7 +144,8 @@ COMPAT = {
         "    dev = qml.device(name, wires=2)\n"
         "    @qml.qnode(dev)\n"
         "    def f():\n"
-        "        qml.Hadamard(0); qml.CNOT([0, 1]); return qml.expval(qml.PauliZ(0) @ qml.PauliZ(1))\n"
+        "        qml.Hadamard(0); qml.CNOT([0, 1])\n"
+        "        return qml.expval(qml.PauliZ(0) @ qml.PauliZ(1))\n"
         "    out.append(round(float(f()), 6))\n"
         "print(out)",
         "[1.0, 1.0]",
@@ -160,7 +162,8 @@ COMPAT = {
         ("listed.txt", "from-child"),
     ),
     "workspace_files": (
-        "import os\nos.makedirs('out/sub', exist_ok=True)\nopen('out/sub/a.txt', 'w').write('hello')\n"
+        "import os\nos.makedirs('out/sub', exist_ok=True)\n"
+        "open('out/sub/a.txt', 'w').write('hello')\n"
         "os.rename('out/sub/a.txt', 'out/b.txt')\nprint(open('out/b.txt').read())",
         "hello",
     ),
