@@ -44,9 +44,8 @@ FIXED = {
     "JPY_PARENT_PID",
     "USER",
     "LOGNAME",
-    # read by the launcher; the first is removed from os.environ before ipykernel starts
+    # read by the launcher, and removed from os.environ before ipykernel starts
     "QGUARD_SANDBOX_SPEC",
-    "QGUARD_SANDBOX_STAGE1",
 }
 
 READ_INITIAL_ENV = (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BELL
-from support.jupyter_proc import ServerProcess
+from support.jupyter_proc import ServerProcess, kernel_processes
 
 HW = "--QGuardApp.backends={'aer_hw': {'provider': 'aer', 'tier': 'hardware', 'qubits': 28}}"
 
@@ -40,6 +40,12 @@ async def test_pending_job_survives_restart_and_runs_once(tmp_path, how):
     finally:
         old_pid = server.proc.pid
         server.stop(how)
+    # The kernel does not outlive the server that guarded it, even after kill -9.
+    for _ in range(50):
+        if not kernel_processes(kernel.id):
+            break
+        await asyncio.sleep(0.1)
+    assert kernel_processes(kernel.id) == []
 
     server = ServerProcess(tmp_path, extra_args=[HW]).start()
     try:

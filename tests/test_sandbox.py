@@ -47,11 +47,16 @@ def test_launcher_refuses_when_a_layer_fails_at_apply_time(tmp_path):
     and tells the broker, before any agent code could run."""
     server_end, kernel_end = socket.socketpair()
     spec = SandboxSpec(
-        workspace=str(tmp_path), kernel_dir=str(tmp_path), minimum=["seccomp"], disabled=["seccomp"]
+        workspace=str(tmp_path),
+        kernel_dir=str(tmp_path),
+        minimum=["seccomp"],
+        disabled=["seccomp", "namespaces", "idmap"],
     )
+    if os.geteuid() == 0:
+        spec.kernel_uid = spec.kernel_gid = 2_100_999_999
     env = {**os.environ, SPEC_VAR: spec.to_env(), "QGUARD_CHANNEL_FD": str(kernel_end.fileno())}
     proc = subprocess.run(
-        [sys.executable, "-m", "jupyter_qguard.sandbox.launch", "--stage2", "-f", "unused.json"],
+        [sys.executable, "-m", "jupyter_qguard.sandbox.launch", "-f", "unused.json"],
         env=env,
         pass_fds=(kernel_end.fileno(),),
         capture_output=True,

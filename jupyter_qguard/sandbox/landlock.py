@@ -87,6 +87,18 @@ def etc_entries() -> list[str]:
     return [f"/etc/{n}" for n in sorted(names) if n not in ETC_DENY]
 
 
+def top_level_entries(workspace: str) -> list[str]:
+    """Existing entries at the top of the workspace, less the protected ones."""
+    from .spec import PROTECTED_NAMES
+
+    protected = {name.split("/")[0] for name in PROTECTED_NAMES}
+    try:
+        names = os.listdir(workspace)
+    except OSError:
+        return []
+    return [os.path.join(workspace, n) for n in sorted(names) if n not in protected]
+
+
 def _allow(rs: Ruleset, path: str, rights: AccessFS, granted: dict[str, str]) -> None:
     try:
         is_dir = os.path.isdir(path)
@@ -104,7 +116,12 @@ def _allow(rs: Ruleset, path: str, rights: AccessFS, granted: dict[str, str]) ->
 
 
 def apply(
-    *, workspace: str, kernel_dir: str, extra_read: list[str], extra_rw: list[str] = ()
+    *,
+    workspace: str,
+    kernel_dir: str,
+    extra_read: list[str],
+    extra_rw: list[str] = (),
+    guard_top_level: bool = False,
 ) -> dict[str, Any]:
     """Restrict this process (and its future children) for good; return what was applied."""
     abi = abi_version()
@@ -128,7 +145,13 @@ def apply(
             _allow(rs, p, AccessFS.READ_FILE | AccessFS.READ_DIR, granted)
         for p in DEVICES_RW:
             _allow(rs, p, AccessFS.READ_FILE | AccessFS.WRITE_FILE, granted)
-        for p in (workspace, kernel_dir, "/dev/shm", *extra_rw):
+        writable = [kernel_dir, "/dev/shm", *extra_rw]
+        if guard_top_level:
+            _allow(rs, workspace, RO, granted)
+            writable += top_level_entries(workspace)
+        else:
+            writable.append(workspace)
+        for p in writable:
             _allow(rs, p, everything, granted)
         rs.restrict()
         return {

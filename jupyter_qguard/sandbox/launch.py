@@ -1,10 +1,11 @@
 """Entry point of an agent kernel: `python -m jupyter_qguard.sandbox.launch -f CONN`.
 
-Stage one runs as the server's user: namespaces and mounts, the idmapped workspace, the drop
-from root to the kernel's own uid; then it exec()s stage two, which therefore starts with no
-capabilities at all. Stage two applies rlimits, Landlock and seccomp, checks that the minimum
-isolation holds (else it exits, saying which layer is missing and why), tells the broker what
-is in force (once, before any agent code runs) and only then starts ipykernel.
+Runs in the kernel process before any agent code. First, as the server's user: namespaces and
+mounts, the idmapped workspace, then the end of privilege (a root server's kernel becomes a uid
+of its own; a user-namespace kernel sheds every capability). Then rlimits, Landlock and
+seccomp. It checks that the minimum isolation holds (else it exits, saying which layer is
+missing and why), tells the broker what is in force (once, before any agent code runs) and only
+then starts ipykernel. One process throughout: no second interpreter start.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 from .environment import CHANNEL_FD_VAR
 from .spec import SPEC_VAR, SandboxSpec
 
-STAGE1_VAR = "QGUARD_SANDBOX_STAGE1"
 FAILED_EXIT = 3
 
 
@@ -53,14 +53,13 @@ def _layer(report: dict[str, Any], name: str, spec: SandboxSpec, fn: Any) -> Non
         report[name] = {"active": False, "why": f"{type(exc).__name__}: {exc}"}
 
 
-# -- stage one ------------------------------------------------------------------------------
+# -- before privilege ends -----------------------------------------------------------------
 
 
-def stage_one(argv: list[str]) -> None:
+def isolate(spec: SandboxSpec, report: dict[str, Any]) -> None:
     from . import identity, landlock, namespaces
+    from .syscalls import PR_SET_DUMPABLE, drop_all_capabilities, prctl
 
-    spec = SandboxSpec.from_env()
-    report: dict[str, Any] = {}
     root = os.geteuid() == 0
     cwd = os.getcwd()
     idmapped = None
@@ -91,36 +90,38 @@ def stage_one(argv: list[str]) -> None:
     elif root and "idmap" not in report:
         report["idmap"] = {"active": False, "why": "needs the mount namespace"}
 
-    if root:
-        if spec.kernel_uid is None:
-            fail("the server runs as root and no kernel uid was chosen")
-        try:
+    try:
+        if root:
+            if spec.kernel_uid is None:
+                fail("the server runs as root and no kernel uid was chosen")
             identity.give_dir_to(spec.kernel_dir, spec.kernel_uid, spec.kernel_gid)
-            identity.drop_to(spec.kernel_uid, spec.kernel_gid)
-        except OSError as exc:
-            fail(f"could not leave root: {exc}")
-    os.environ[STAGE1_VAR] = json.dumps(report)
-    os.execv(
-        sys.executable, [sys.executable, "-m", "jupyter_qguard.sandbox.launch", "--stage2", *argv]
-    )
+            identity.drop_to(spec.kernel_uid, spec.kernel_gid)  # clears every capability
+            # Changing credentials made the process non-dumpable (its /proc files root's);
+            # it is an ordinary process of its own uid now.
+            prctl(PR_SET_DUMPABLE, 1)
+        elif report.get("namespaces", {}).get("active"):
+            drop_all_capabilities()  # those of the user namespace
+    except OSError as exc:
+        fail(f"could not give up privileges: {exc}")
 
 
-# -- stage two ------------------------------------------------------------------------------
+# -- after ---------------------------------------------------------------------------------
 
 
-def stage_two(argv: list[str]) -> None:
+def confine(argv: list[str]) -> None:
     from . import identity, landlock, rlimits, seccomp
     from .syscalls import effective_capabilities
 
     spec = SandboxSpec.from_env()
-    report: dict[str, Any] = json.loads(os.environ.pop(STAGE1_VAR, "{}"))
+    report: dict[str, Any] = {}
+    isolate(spec, report)
     report["env"] = {"active": True, "names": sorted(os.environ)}
 
     def nonroot() -> dict[str, Any]:
         caps = effective_capabilities()
         if os.getuid() == 0 or os.geteuid() == 0:
             raise OSError("the kernel runs as root")
-        if caps != 0:
+        if caps != 0 or identity.status_line("CapPrm") != "0" * 16:
             raise OSError(f"the kernel holds capabilities {caps:#x}")
         return {
             "active": True,
@@ -143,6 +144,7 @@ def stage_two(argv: list[str]) -> None:
             kernel_dir=spec.kernel_dir,
             extra_read=spec.extra_read_paths,
             extra_rw=ptys,
+            guard_top_level=spec.guard_top_level,
         ),
     )
     _layer(report, "seccomp", spec, seccomp.apply)
@@ -198,12 +200,8 @@ def start_ipykernel(argv: list[str]) -> None:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
     _check_channel()
-    if argv[:1] == ["--stage2"]:
-        stage_two(argv[1:])
-    else:
-        stage_one(argv)
+    confine(sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Namespaces and mounts, set up by the launcher's first stage, before privileges go.
+"""Namespaces and mounts, set up by the launcher before privileges go.
 
 - pid (with its own /proc), net (nothing but a down loopback), mount, ipc and uts namespaces;
   an unprivileged server needs a user namespace for them, a root server does not;
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ def enter(*, rootless: bool) -> list[str]:
     names = ["mount", "pid", "net", "ipc", "uts"]
     if rootless:
         # The same ids inside as outside: files keep their owner, and since the uid is not 0
-        # inside, the exec into stage two leaves the process with no capabilities at all.
+        # inside; the launcher then drops every capability the namespace gave.
         Path("/proc/self/setgroups").write_text("deny\n")
         Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1\n")
         Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1\n")
@@ -177,15 +178,28 @@ def prepare_mounts(
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
 
 
-def _relay(child: int, *, reap_all: bool) -> None:
-    """Forward signals to `child`, wait for it, and exit with its status (never returns)."""
+def _relay(child: int, *, reap_all: bool, watch_parent: bool = False) -> None:
+    """Forward signals to `child`, wait for it, and exit with its status (never returns).
+
+    With watch_parent, also end the child when this process's parent (the Jupyter server)
+    goes away, even by kill -9: the kernel must not outlive the server that guards it.
+    """
     os.closerange(3, 1 << 16)  # the channel, the spec: nothing here needs them
     for sig in FORWARDED:
         signal.signal(sig, lambda s, _f: os.kill(child, s))
+    parent = os.getppid()
     status = 0
     while True:
         try:
-            pid, st = os.waitpid(-1 if reap_all else child, 0)
+            if watch_parent:
+                pid, st = os.waitpid(child, os.WNOHANG)
+                if pid == 0:
+                    if os.getppid() != parent:
+                        os.kill(child, signal.SIGKILL)
+                    time.sleep(0.5)
+                    continue
+            else:
+                pid, st = os.waitpid(-1 if reap_all else child, 0)
         except InterruptedError:
             continue
         except ChildProcessError:
@@ -207,7 +221,7 @@ def fork_into_pid_namespace() -> None:
     """
     init = os.fork()
     if init != 0:
-        _relay(init, reap_all=False)
+        _relay(init, reap_all=False, watch_parent=True)
     sc.mount("proc", "/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     kernel = os.fork()

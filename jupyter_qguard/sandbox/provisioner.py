@@ -87,6 +87,8 @@ class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
         cwd = os.path.realpath(kwargs.get("cwd") or os.getcwd())
         if cwd != workspace and not cwd.startswith(workspace + os.sep):
             kwargs["cwd"] = workspace
+        home = os.path.realpath(os.path.expanduser("~"))
+        spec.guard_top_level = home == workspace or home.startswith(workspace + os.sep)
         if os.geteuid() == 0:
             spec.kernel_uid = spec.kernel_gid = identity.uid_for_kernel(self.kernel_id)
         env[SPEC_VAR] = spec.to_env()

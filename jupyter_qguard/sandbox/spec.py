@@ -52,6 +52,10 @@ class SandboxSpec:
     kernel_gid: int | None = None
     rlimits: dict[str, int] = field(default_factory=dict)
     extra_read_paths: list[str] = field(default_factory=list)
+    # The workspace is (or holds) the server user's home: its top level is where shell rc
+    # files, ~/.jupyter and ~/.local live, so there the kernel writes only inside existing
+    # entries that are not protected, and creates nothing new at the top.
+    guard_top_level: bool = False
 
     def to_env(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

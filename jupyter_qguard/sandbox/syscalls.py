@@ -7,11 +7,11 @@ which x86_64 and aarch64 share for these calls.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import errno
 import os
 import platform
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # the libc this interpreter already has loaded
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -138,6 +138,39 @@ def move_mount(mount_fd: int, target: str) -> None:
         ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
         what=f"move_mount {target}",
     )
+
+
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def drop_all_capabilities() -> None:
+    """Empty the bounding, ambient, inheritable, permitted and effective sets of this thread
+    (the process is single-threaded here). Needed in a user namespace, where the process holds
+    every capability of the namespace even though its uid is not 0."""
+    for cap in range(64):
+        if _libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0) < 0:
+            if ctypes.get_errno() == errno.EINVAL:
+                break  # past the last capability this kernel knows
+            _check(-1, f"PR_CAPBSET_DROP {cap}")
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "PR_CAP_AMBIENT")
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
 
 
 def effective_capabilities() -> int:

@@ -106,6 +106,10 @@ class World:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
+def _in_child_pidns(pid: str) -> bool:
+    return os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+
+
 def kernel_host_pid(kernel_id: str) -> int:
     """The host pid of a kernel's stage-two process (the one running ipykernel)."""
     for entry in os.listdir("/proc"):
@@ -116,7 +120,12 @@ def kernel_host_pid(kernel_id: str) -> int:
             env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"--stage2" in cmd and f"QGUARD_KERNEL_ID={kernel_id}".encode() in env:
+        if (
+            b"ipykernel_launcher" not in cmd
+            and b"jupyter_qguard.sandbox.launch" in cmd
+            and f"QGUARD_KERNEL_ID={kernel_id}".encode() in env
+            and _in_child_pidns(entry)
+        ):
             return int(entry)
     raise LookupError(kernel_id)
 

@@ -233,3 +233,17 @@ class KernelWS:
 
     def close(self) -> None:
         self.ws.close()
+
+
+def kernel_processes(kernel_id: str) -> list[int]:
+    """Host pids of every process of an agent kernel (supervisor, init, kernel, children)."""
+    marker = f"QGUARD_KERNEL_ID={kernel_id}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if marker in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
