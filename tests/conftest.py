@@ -3,7 +3,6 @@ agent kernels started by that server through the real `qguard` provisioner."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import sys
@@ -134,26 +133,3 @@ def start_kernel(jp_fetch: Any, jp_serverapp: Any, broker: Any) -> Any:
     yield start
     for k in kernels:
         k.stop()
-
-
-async def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
-    """Poll an async or sync predicate until it returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
-
-
-BELL = """
-from qiskit import QuantumCircuit
-bell = QuantumCircuit(2)
-bell.h(0)
-bell.cx(0, 1)
-bell.measure_all()
-"""

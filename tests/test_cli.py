@@ -43,7 +43,7 @@ def test_help_and_bare_command(tmp_path):
     r = run("--help", home=tmp_path)
     assert r.returncode == 0 and "jobs" in r.stdout
     r = run(home=tmp_path)
-    assert r.returncode == 2 and "Subcommands: jobs" in r.stdout
+    assert r.returncode == 2 and "Subcommands: doctor, jobs" in r.stdout
 
 
 def test_jobs_lists_the_store_as_a_table_and_json(tmp_path):

@@ -7,7 +7,7 @@ import json
 
 import nbformat
 import pytest
-from conftest import BELL
+from support.helpers import BELL
 
 from jupyter_qguard.broker import runtime
 from jupyter_qguard.broker.filehash import notebook_code_hash

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import BELL
+from support.helpers import BELL
 from support.jupyter_proc import ServerProcess, kernel_processes
 
 HW = "--QGuardApp.backends={'aer_hw': {'provider': 'aer', 'tier': 'hardware', 'qubits': 28}}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from conftest import BELL, wait_for
+from support.helpers import BELL, wait_for
 
 
 async def test_simulator_job_returns_bell_counts(start_kernel):

@@ -24,22 +24,25 @@ def idmapped_tree(workspace: str, kernel_uid: int, kernel_gid: int) -> int:
     """A detached copy of the workspace mount where the owner's files belong to the kernel's
     uid: writes by the kernel land on disk as the owner's. Must run before unshare(NEWPID)."""
     st = os.stat(workspace)
-    r, w = os.pipe()
+    ready_r, ready_w = os.pipe()  # child → parent: "I have my user namespace"
+    done_r, done_w = os.pipe()  # parent → child: "you may go"
     pid = os.fork()
     if pid == 0:  # helper: owns the user namespace that describes the mapping
+        code = 1
         try:
-            os.close(w)
+            os.close(ready_r)
+            os.close(done_w)
             sc.unshare(sc.CLONE_NEWUSER)
-            os.read(r, 1)
+            os.write(ready_w, b"u")
+            os.read(done_r, 1)
+            code = 0
         finally:
-            os._exit(0)
-    os.close(r)
+            os._exit(code)
+    os.close(ready_w)
+    os.close(done_r)
     try:
-        # Give the helper time to unshare: its uid_map is writable only once it has.
-        for _ in range(200):
-            if os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user"):
-                break
-            os.sched_yield()
+        if os.read(ready_r, 1) != b"u":
+            raise OSError("the idmap helper could not create a user namespace")
         Path(f"/proc/{pid}/uid_map").write_text(f"{st.st_uid} {kernel_uid} 1\n")
         Path(f"/proc/{pid}/setgroups").write_text("deny\n")
         Path(f"/proc/{pid}/gid_map").write_text(f"{st.st_gid} {kernel_gid} 1\n")
@@ -51,8 +54,9 @@ def idmapped_tree(workspace: str, kernel_uid: int, kernel_gid: int) -> int:
             os.close(userns)
         return tree
     finally:
-        os.write(w, b"x")
-        os.close(w)
+        os.close(ready_r)
+        os.write(done_w, b"x")
+        os.close(done_w)
         os.waitpid(pid, 0)
 
 

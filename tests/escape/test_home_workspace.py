@@ -8,7 +8,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import MODES, World, _require_mode
+from world import MODES, World, _require_mode
 
 CODE = r"""
 import errno, json, os

@@ -7,7 +7,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import MODES, World, _require_mode
+from world import MODES, World, _require_mode
 
 LIMITS = {
     "processes": 64,
