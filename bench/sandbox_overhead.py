@@ -14,7 +14,7 @@ from pathlib import Path
 from common import record
 from support.jupyter_proc import ServerProcess
 
-ROUNDS = 15
+ROUNDS = 20
 
 COMPUTE = """
 import time, json
@@ -77,8 +77,13 @@ async def cell_times(server: ServerProcess, code: str, reps: int = 9) -> dict[st
 
 
 def side(plain: float, guarded: float, unit: str, target: float) -> dict:
-    return {"unit": unit, "plain": round(plain, 4), "qguard": round(guarded, 4),
-            "ratio": round(guarded / plain, 3), "target_ratio": target}
+    return {
+        "unit": unit,
+        "plain": round(plain, 4),
+        "qguard": round(guarded, 4),
+        "ratio": round(guarded / plain, 3),
+        "target_ratio": target,
+    }
 
 
 async def main() -> None:
@@ -93,14 +98,27 @@ async def main() -> None:
                     starts[name].append(await start_time(server, name))
             plain_s = statistics.median(starts["python3"])
             guard_s = statistics.median(starts["qguard-agent"])
+            # Start times on a small VM are noisy; the best case shows the fixed cost.
+            best = (min(starts["python3"]), min(starts["qguard-agent"]))
             compute = await cell_times(server, COMPUTE)
             syscalls = await cell_times(server, SYSCALLS)
         finally:
             server.stop()
-    record("kernel_start_to_kernel_info", side(plain_s, guard_s, "s", 1.15))
+    record(
+        "kernel_start_to_kernel_info",
+        {
+            **side(plain_s, guard_s, "s", 1.15),
+            "rounds": ROUNDS,
+            "statistic": "median",
+            "best_plain": round(best[0], 4),
+            "best_qguard": round(best[1], 4),
+            "best_ratio": round(best[1] / best[0], 3),
+        },
+    )
     record("cell_aer_20_qubits", side(compute["python3"], compute["qguard-agent"], "s", 1.03))
-    record("cell_10k_small_file_writes",
-           side(syscalls["python3"], syscalls["qguard-agent"], "s", 1.20))
+    record(
+        "cell_10k_small_file_writes", side(syscalls["python3"], syscalls["qguard-agent"], "s", 1.20)
+    )
 
 
 if __name__ == "__main__":
