@@ -40,6 +40,11 @@ async def test_optional_layer_off_still_starts_and_is_reported(start_kernel):
     assert "namespaces" not in sandbox["active"]
     assert sandbox["applied"]["namespaces"] == {"active": False, "why": "disabled by configuration"}
     assert {"env", "nonroot", "landlock", "seccomp"} <= set(sandbox["active"])
+    # no pid namespace of its own: then no /proc at all, or the server's environ would show
+    res = await k.run(
+        "import os\ntry:\n    os.listdir('/proc')\nexcept OSError as e:\n    print(e.errno)"
+    )
+    assert res["stdout"].strip() == "13"
 
 
 def test_launcher_refuses_when_a_layer_fails_at_apply_time(tmp_path):

@@ -122,6 +122,7 @@ def apply(
     extra_read: list[str],
     extra_rw: list[str] = (),
     guard_top_level: bool = False,
+    own_proc: bool = True,
 ) -> dict[str, Any]:
     """Restrict this process (and its future children) for good; return what was applied."""
     abi = abi_version()
@@ -142,7 +143,10 @@ def apply(
         for p in (*SYSTEM_DIRS, *python_paths(), *etc_entries(), *extra_read):
             _allow(rs, p, RO, granted)
         for p in PROC_SYS_RO:
-            _allow(rs, p, AccessFS.READ_FILE | AccessFS.READ_DIR, granted)
+            # Without a pid namespace of its own, /proc shows the server and the other kernels
+            # (a same-uid process can read their environ): then the kernel gets no /proc.
+            if p != "/proc" or own_proc:
+                _allow(rs, p, AccessFS.READ_FILE | AccessFS.READ_DIR, granted)
         for p in DEVICES_RW:
             _allow(rs, p, AccessFS.READ_FILE | AccessFS.WRITE_FILE, granted)
         writable = [kernel_dir, "/dev/shm", *extra_rw]

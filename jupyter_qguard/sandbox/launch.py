@@ -145,6 +145,7 @@ def confine(argv: list[str]) -> None:
             extra_read=spec.extra_read_paths,
             extra_rw=ptys,
             guard_top_level=spec.guard_top_level,
+            own_proc=bool(report.get("namespaces", {}).get("active")),
         ),
     )
     _layer(report, "seccomp", spec, seccomp.apply)
