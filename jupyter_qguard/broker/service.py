@@ -141,6 +141,13 @@ class Broker:
         await self.recover()
 
     async def stop(self) -> None:
+        if self._probe is not None:
+            # Let a probe still running finish (well under a second), so its child process
+            # is reaped rather than left to the garbage collector.
+            try:
+                await asyncio.wait_for(asyncio.shield(self._probe), 30)
+            except Exception:
+                log.warning("qguard: the sandbox probe did not finish before shutdown")
         for kernel_id in list(self.kernels):
             self.detach_kernel(kernel_id, forget=True)
         for task in list(self._tasks):
