@@ -166,6 +166,13 @@ COMPAT = {
         "with ctx.Pool(2) as pool:\n    print(sum(pool.map(sq, range(10))))",
         "285",
     ),
+    "forked_children_print": (
+        "import multiprocessing as mp\n"
+        "def hello(i):\n    print(f'child-says-{i}', flush=True)\n    return i\n"
+        "with mp.get_context('fork').Pool(2) as pool:\n    pool.map(hello, range(3))\n"
+        "import time; time.sleep(0.5)",
+        ("child-says-0", "child-says-1", "child-says-2"),
+    ),
     "shell_and_subprocess_output": (
         "open('listed.txt', 'w').write('x')\n!ls listed.txt\nimport subprocess\n"
         "subprocess.run(['echo', 'from-child'])",

@@ -190,11 +190,23 @@ def _send_report(fd: int, report: dict[str, Any], *, ok: bool) -> None:
         sock.close()
 
 
+def _plain_std_streams() -> None:
+    import io
+
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        stream = io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), line_buffering=True)
+        setattr(sys, name, stream)
+
+
 def start_ipykernel(argv: list[str]) -> None:
     from ipykernel.kernelapp import IPKernelApp
 
     app = IPKernelApp.instance()
     app.initialize(list(argv))
+    # ipykernel forwards a forked child's print() over a TCP socket, which the sandbox forbids.
+    # Its fd-level capture still reads file descriptors 1 and 2 in the kernel, so a forked
+    # child (a multiprocessing worker) writes there, and the output reaches the cell.
+    os.register_at_fork(after_in_child=_plain_std_streams)
     # Loaded after config: nothing in a config file can leave the guard out.
     app.shell.extension_manager.load_extension("jupyter_qguard")
     app.start()
