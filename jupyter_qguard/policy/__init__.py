@@ -1,0 +1,1 @@
+"""Policy-as-code (Rego, evaluated in-process by regopy), quantum lint and cost."""

@@ -1,0 +1,111 @@
+# qguard's default policy pack: who may run what, where, and with how many approvals.
+#
+# Input (see DESIGN.md, "Policy"): job, backend {name, provider, tier, qubits, price}, lint
+# {findings: [{severity, code, message}]}, cost {estimate, currency}, usage {spent_today,
+# jobs_window, baseline_window}, requester, workstation_tier.
+# Output: data.qguard.decision.decision = {allow, deny, approvals_required, mfa_required, notes}.
+# Every deny is a sentence a person can act on.
+package qguard.decision
+
+import rego.v1
+
+backend_entry := data.backends[input.job.backend]
+
+tier := backend_entry.tier
+
+tier_rules := data.tiers[tier]
+
+limits := data.limits
+
+# -- what is refused, and why ---------------------------------------------------------------
+
+deny contains msg if {
+	not backend_entry
+	msg := sprintf("backend %s is not on this policy's list of allowed backends", [input.job.backend])
+}
+
+deny contains msg if {
+	backend_entry
+	not tier_rules
+	msg := sprintf("backend %s has tier %s, which this policy does not define", [input.job.backend, tier])
+}
+
+deny contains msg if {
+	tier != "simulator"
+	ws := data.workstation_tiers[input.workstation_tier]
+	ws.hardware == false
+	msg := sprintf("this workstation is in tier %s, where only simulators may run (backend %s is %s)", [input.workstation_tier, input.job.backend, tier])
+}
+
+deny contains msg if {
+	not data.workstation_tiers[input.workstation_tier]
+	msg := sprintf("unknown workstation tier %s", [input.workstation_tier])
+}
+
+deny contains msg if {
+	input.job.shots > limits.max_shots
+	msg := sprintf("%d shots is more than the limit of %d per job", [input.job.shots, limits.max_shots])
+}
+
+deny contains msg if {
+	input.cost.estimate > limits.max_cost_per_job
+	msg := sprintf("the estimated cost, %.2f %s, is over the per-job cap of %.2f", [input.cost.estimate, input.cost.currency, limits.max_cost_per_job])
+}
+
+deny contains msg if {
+	is_number(input.job.max_cost)
+	input.cost.estimate > input.job.max_cost
+	msg := sprintf("the estimated cost, %.2f %s, is over the request's own max_cost of %.2f", [input.cost.estimate, input.cost.currency, input.job.max_cost])
+}
+
+deny contains msg if {
+	total := input.usage.spent_today + input.cost.estimate
+	total > limits.daily_budget_per_user
+	msg := sprintf("this job would bring today's spending for %s to %.2f %s, over the daily budget of %.2f", [input.requester.user, total, input.cost.currency, limits.daily_budget_per_user])
+}
+
+deny contains msg if {
+	some finding in input.lint.findings
+	finding.severity == "error"
+	msg := sprintf("lint: %s", [finding.message])
+}
+
+burst_threshold := max([limits.burst_floor, limits.burst_factor * input.usage.baseline_window])
+
+deny contains msg if {
+	input.usage.jobs_window > burst_threshold
+	msg := sprintf("%d jobs in the current window is far above the usual %d; wait, or ask an admin to raise the limit", [input.usage.jobs_window, input.usage.baseline_window])
+}
+
+# -- what is allowed, and with how many people ----------------------------------------------
+
+default allow := false
+
+allow if count(deny) == 0
+
+default approvals_required := 1
+
+approvals_required := tier_rules.approvals
+
+default mfa_required := false
+
+mfa_required := tier_rules.mfa
+
+notes contains msg if {
+	some finding in input.lint.findings
+	finding.severity == "warning"
+	msg := sprintf("lint: %s", [finding.message])
+}
+
+notes contains msg if {
+	approvals_required > 1
+	msg := sprintf("tier %s: %d different people must approve, none of them the requester", [tier, approvals_required])
+}
+
+decision := {
+	"allow": allow,
+	"deny": deny,
+	"approvals_required": approvals_required,
+	"mfa_required": mfa_required,
+	"notes": notes,
+}

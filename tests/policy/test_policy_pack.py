@@ -1,0 +1,464 @@
+"""The default policy pack, rule by rule and at its edges, and the engine's refusals."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import pytest
+
+from jupyter_qguard.policy.engine import PolicyEngine, PolicyError
+
+PACK = Path(__file__).resolve().parents[2] / "policies"
+
+BASE = {
+    "job": {"backend": "fake_brisbane", "shots": 1000, "seed": None, "max_cost": None},
+    "backend": {"name": "fake_brisbane", "provider": "fakecloud", "qubits": 127},
+    "lint": {"findings": []},
+    "cost": {"estimate": 0.65, "currency": "USD"},
+    "usage": {"spent_today": 0.0, "jobs_window": 1, "baseline_window": 2},
+    "requester": {"user": "ada", "kernel_id": "k1"},
+    "workstation_tier": "standard",
+}
+
+NOT_LISTED = "backend {b} is not on this policy's list of allowed backends"
+SANDBOX = "this workstation is in tier sandbox, where only simulators may run (backend {b} is {t})"
+SHOTS = "{n} shots is more than the limit of 100000 per job"
+CAP = "the estimated cost, {c} USD, is over the per-job cap of 50.00"
+OWN_MAX = "the estimated cost, {c} USD, is over the request's own max_cost of {m}"
+BUDGET = "this job would bring today's spending for ada to {t} USD, over the daily budget of 200.00"
+BURST = (
+    "{n} jobs in the current window is far above the usual {b}; "
+    "wait, or ask an admin to raise the limit"
+)
+TWO = "tier premium: 2 different people must approve, none of them the requester"
+
+
+def case(changes: dict) -> dict:
+    out = copy.deepcopy(BASE)
+    for path, value in changes.items():
+        node = out
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    return out
+
+
+def err(msg):
+    return {"severity": "error", "code": "x", "message": msg}
+
+
+def warn(msg):
+    return {"severity": "warning", "code": "y", "message": msg}
+
+
+SIM = {"job.backend": "aer_simulator", "cost.estimate": 0.0}
+PREMIUM = {"job.backend": "fake_torino"}
+
+# name: (changes, allow, deny, approvals_required, mfa_required, notes)
+CASES = {
+    "simulator runs without approval": (SIM, True, [], 0, False, []),
+    "hardware needs one approval": ({}, True, [], 1, False, []),
+    "premium needs two approvers and mfa": (PREMIUM, True, [], 2, True, [TWO]),
+    "unknown backend": (
+        {"job.backend": "ibm_kyiv"},
+        False,
+        [NOT_LISTED.format(b="ibm_kyiv")],
+        1,
+        False,
+        [],
+    ),
+    "unknown backend on a sandbox workstation": (
+        {"job.backend": "nope", "workstation_tier": "sandbox"},
+        False,
+        [NOT_LISTED.format(b="nope")],
+        1,
+        False,
+        [],
+    ),
+    "shots at the limit": ({"job.shots": 100000}, True, [], 1, False, []),
+    "shots one over the limit": (
+        {"job.shots": 100001},
+        False,
+        [SHOTS.format(n=100001)],
+        1,
+        False,
+        [],
+    ),
+    "shots over the limit on a simulator": (
+        {**SIM, "job.shots": 200000},
+        False,
+        [SHOTS.format(n=200000)],
+        0,
+        False,
+        [],
+    ),
+    "one shot": ({"job.shots": 1}, True, [], 1, False, []),
+    "cost at the per-job cap": ({"cost.estimate": 50.0}, True, [], 1, False, []),
+    "cost just over the per-job cap": (
+        {"cost.estimate": 50.01},
+        False,
+        [CAP.format(c="50.01")],
+        1,
+        False,
+        [],
+    ),
+    "cost far over cap and budget": (
+        {"cost.estimate": 250.0},
+        False,
+        [CAP.format(c="250.00"), BUDGET.format(t="250.00")],
+        1,
+        False,
+        [],
+    ),
+    "own max_cost exceeded": (
+        {"job.max_cost": 0.5},
+        False,
+        [OWN_MAX.format(c="0.65", m="0.50")],
+        1,
+        False,
+        [],
+    ),
+    "own max_cost met exactly": ({"job.max_cost": 0.65}, True, [], 1, False, []),
+    "own max_cost above estimate": ({"job.max_cost": 10}, True, [], 1, False, []),
+    "own max_cost zero on a free simulator": ({**SIM, "job.max_cost": 0}, True, [], 0, False, []),
+    "no max_cost given": ({"job.max_cost": None}, True, [], 1, False, []),
+    "budget reached exactly": ({"usage.spent_today": 199.35}, True, [], 1, False, []),
+    "budget exceeded": (
+        {"usage.spent_today": 199.5},
+        False,
+        [BUDGET.format(t="200.15")],
+        1,
+        False,
+        [],
+    ),
+    "budget exceeded on premium": (
+        {**PREMIUM, "usage.spent_today": 199.9},
+        False,
+        [BUDGET.format(t="200.55")],
+        2,
+        True,
+        [TWO],
+    ),
+    "budget spent but simulator is free": (
+        {**SIM, "usage.spent_today": 200.0},
+        True,
+        [],
+        0,
+        False,
+        [],
+    ),
+    "sandbox workstation, hardware": (
+        {"workstation_tier": "sandbox"},
+        False,
+        [SANDBOX.format(b="fake_brisbane", t="hardware")],
+        1,
+        False,
+        [],
+    ),
+    "sandbox workstation, premium": (
+        {**PREMIUM, "workstation_tier": "sandbox"},
+        False,
+        [SANDBOX.format(b="fake_torino", t="premium")],
+        2,
+        True,
+        [TWO],
+    ),
+    "sandbox workstation, simulator": (
+        {**SIM, "workstation_tier": "sandbox"},
+        True,
+        [],
+        0,
+        False,
+        [],
+    ),
+    "unknown workstation tier": (
+        {"workstation_tier": "lab-7"},
+        False,
+        ["unknown workstation tier lab-7"],
+        1,
+        False,
+        [],
+    ),
+    "lint error": (
+        {"lint.findings": [err("the circuit uses 130 qubits; fake_brisbane has 127")]},
+        False,
+        ["lint: the circuit uses 130 qubits; fake_brisbane has 127"],
+        1,
+        False,
+        [],
+    ),
+    "two lint errors": (
+        {"lint.findings": [err("no measurements"), err("2 unbound parameters")]},
+        False,
+        ["lint: 2 unbound parameters", "lint: no measurements"],
+        1,
+        False,
+        [],
+    ),
+    "lint warning only": (
+        {"lint.findings": [warn("depth 900 after transpiling")]},
+        True,
+        [],
+        1,
+        False,
+        ["lint: depth 900 after transpiling"],
+    ),
+    "lint info is ignored": (
+        {"lint.findings": [{"severity": "info", "code": "z", "message": "fine"}]},
+        True,
+        [],
+        1,
+        False,
+        [],
+    ),
+    "lint error and warning": (
+        {"lint.findings": [err("no measurements"), warn("deep")]},
+        False,
+        ["lint: no measurements"],
+        1,
+        False,
+        ["lint: deep"],
+    ),
+    "burst at the floor": (
+        {"usage.jobs_window": 20, "usage.baseline_window": 0},
+        True,
+        [],
+        1,
+        False,
+        [],
+    ),
+    "burst just over the floor": (
+        {"usage.jobs_window": 21, "usage.baseline_window": 0},
+        False,
+        [BURST.format(n=21, b=0)],
+        1,
+        False,
+        [],
+    ),
+    "busy but within five times the baseline": (
+        {"usage.jobs_window": 50, "usage.baseline_window": 10},
+        True,
+        [],
+        1,
+        False,
+        [],
+    ),
+    "burst over five times the baseline": (
+        {"usage.jobs_window": 51, "usage.baseline_window": 10},
+        False,
+        [BURST.format(n=51, b=10)],
+        1,
+        False,
+        [],
+    ),
+    "burst on a simulator is denied too": (
+        {**SIM, "usage.jobs_window": 400, "usage.baseline_window": 3},
+        False,
+        [BURST.format(n=400, b=3)],
+        0,
+        False,
+        [],
+    ),
+    "everything wrong at once": (
+        {
+            "job.shots": 500000,
+            "cost.estimate": 175.0,
+            "usage.spent_today": 100.0,
+            "workstation_tier": "sandbox",
+            "lint.findings": [err("no measurements")],
+        },
+        False,
+        sorted(
+            [
+                SHOTS.format(n=500000),
+                CAP.format(c="175.00"),
+                BUDGET.format(t="275.00"),
+                SANDBOX.format(b="fake_brisbane", t="hardware"),
+                "lint: no measurements",
+            ]
+        ),
+        1,
+        False,
+        [],
+    ),
+    "premium with a lint warning": (
+        {**PREMIUM, "lint.findings": [warn("shallow")]},
+        True,
+        [],
+        2,
+        True,
+        ["lint: shallow", TWO],
+    ),
+    "premium cost over own max": (
+        {**PREMIUM, "cost.estimate": 12.8, "job.max_cost": 10},
+        False,
+        [OWN_MAX.format(c="12.80", m="10.00")],
+        2,
+        True,
+        [TWO],
+    ),
+    "hardware with seed and max shots": (
+        {"job.seed": 7, "job.shots": 100000},
+        True,
+        [],
+        1,
+        False,
+        [],
+    ),
+    "simulator with a lint error": (
+        {**SIM, "lint.findings": [err("the circuit has no measurements")]},
+        False,
+        ["lint: the circuit has no measurements"],
+        0,
+        False,
+        [],
+    ),
+    "heavy user on hardware near budget": (
+        {"usage.spent_today": 150.0, "cost.estimate": 49.99},
+        True,
+        [],
+        1,
+        False,
+        [],
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return PolicyEngine(PACK)
+
+
+def test_enough_cases():
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_default_pack(engine, name):
+    changes, allow, deny, approvals, mfa, notes = CASES[name]
+    d = engine.decide(case(changes))
+    assert (d.allow, d.deny, d.approvals_required, d.mfa_required, d.notes) == (
+        allow,
+        sorted(deny),
+        approvals,
+        mfa,
+        sorted(notes),
+    )
+    assert d.policy_version == engine.version and len(engine.version) == 64
+
+
+def _pack(tmp_path, rego: str | None = None, data: str | None = None) -> Path:
+    pack = tmp_path / "pack"
+    shutil.copytree(PACK, pack)
+    if rego is not None:
+        (pack / "extra.rego").write_text(rego)
+    if data is not None:
+        (pack / "data.json").write_text(data)
+    return pack
+
+
+@pytest.mark.parametrize(
+    "call,why",
+    [
+        ('http.send({"method": "get", "url": "http://x"})', "makes network calls"),
+        ("opa.runtime()", "reads the OPA runtime environment"),
+        ("time.now_ns()", "reads the clock"),
+        ('net.lookup_ip_addr("x")', "makes network calls"),
+        ('rand.intn("x", 10)', "draws random numbers"),
+    ],
+)
+def test_packs_that_reach_outside_are_refused_at_load(tmp_path, call, why):
+    rego = f"package qguard.extra\n\nimport rego.v1\n\nx := {call}\n"
+    with pytest.raises(PolicyError) as info:
+        PolicyEngine(_pack(tmp_path, rego))
+    builtin = call.split("(")[0]
+    assert str(info.value) == (
+        f"extra.rego:5 uses {builtin}, which {why}: a qguard policy must decide from its input "
+        "and its own data only"
+    )
+
+
+def test_a_mention_in_a_comment_or_string_is_not_a_call(tmp_path):
+    rego = (
+        "package qguard.extra\n\nimport rego.v1\n\n"
+        '# never http.send(...) here\nx := "time.now_ns()"\n'
+    )
+    PolicyEngine(_pack(tmp_path, rego))
+
+
+def test_a_pack_that_does_not_compile_is_refused(tmp_path):
+    with pytest.raises(PolicyError, match="the pack does not compile"):
+        PolicyEngine(_pack(tmp_path, "package qguard.extra\n\nx := := 1\n"))
+
+
+def test_bad_data_json_is_refused(tmp_path):
+    with pytest.raises(PolicyError, match="data.json: not valid JSON"):
+        PolicyEngine(_pack(tmp_path, data="{not json"))
+
+
+def test_an_undefined_result_is_a_deny(tmp_path):
+    pack = tmp_path / "undef"
+    pack.mkdir()
+    (pack / "p.rego").write_text(
+        'package qguard.decision\n\nimport rego.v1\n\ndecision := {"allow": true} if false\n'
+    )
+    d = PolicyEngine(pack).decide(BASE)
+    assert (d.allow, d.deny) == (False, ["the policy gave no decision for this job (undefined)"])
+
+
+def test_a_malformed_result_is_a_deny(tmp_path):
+    pack = tmp_path / "bad"
+    pack.mkdir()
+    (pack / "p.rego").write_text(
+        'package qguard.decision\n\ndecision := {"allow": true, "deny": [], '
+        '"approvals_required": "none", "mfa_required": false}\n'
+    )
+    d = PolicyEngine(pack).decide(BASE)
+    assert d.allow is False
+    assert d.deny == ["the policy's decision is malformed: 'none' is not of type 'integer'"]
+
+
+def test_allow_without_reason_still_explains(tmp_path):
+    pack = tmp_path / "terse"
+    pack.mkdir()
+    (pack / "p.rego").write_text(
+        'package qguard.decision\n\ndecision := {"allow": false, "deny": [], '
+        '"approvals_required": 1, "mfa_required": false}\n'
+    )
+    d = PolicyEngine(pack).decide(BASE)
+    assert (d.allow, d.deny) == (False, ["the policy did not allow this job"])
+
+
+def test_an_evaluation_error_is_a_deny(tmp_path):
+    pack = tmp_path / "boom"
+    pack.mkdir()
+    (pack / "p.rego").write_text(
+        'package qguard.decision\n\nimport rego.v1\n\ndecision := {"allow": true, "deny": [], '
+        '"approvals_required": to_number(input.job.backend), "mfa_required": false}\n'
+    )
+    d = PolicyEngine(pack).decide(BASE)
+    assert d.allow is False and len(d.deny) == 1
+    assert d.deny[0].startswith(("the policy failed to evaluate", "the policy gave no decision"))
+
+
+def test_reload_picks_up_an_edit_and_keeps_the_last_good_pack(tmp_path):
+    pack = _pack(tmp_path)
+    engine = PolicyEngine(pack)
+    v1 = engine.version
+    assert engine.reload_if_changed() is False
+    data = (pack / "data.json").read_text().replace('"max_shots": 100000', '"max_shots": 10')
+    (pack / "data.json").write_text(data)
+    assert engine.reload_if_changed() is True
+    assert engine.version != v1
+    assert engine.decide(case({"job.shots": 11})).deny == [
+        "11 shots is more than the limit of 10 per job"
+    ]
+    (pack / "decision.rego").write_text("package qguard.decision\n\nthis is not rego\n")
+    with pytest.raises(PolicyError):
+        engine.reload_if_changed()
+    assert engine.decide(case({"job.shots": 11})).deny == [
+        "11 shots is more than the limit of 10 per job"
+    ]
