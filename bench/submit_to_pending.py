@@ -18,7 +18,10 @@ from common import percentile, record
 from support.jupyter_proc import ServerProcess
 
 JOBS = 200
-HW = "--QGuardApp.backends={'bench_hw': {'provider': 'aer', 'tier': 'hardware', 'qubits': 28}}"
+HW = [
+    "--QGuardApp.backends={'bench_hw': {'provider': 'aer', 'qubits': 28}}",
+    "--QGuardApp.policy_data={'backends': {'bench_hw': {'tier': 'hardware', 'provider': 'aer'}}}",
+]
 
 KERNEL_CODE = f"""
 import json, time
@@ -37,7 +40,10 @@ print(json.dumps(stamps))
 
 async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="qg-bench-") as tmp:
-        server = ServerProcess(Path(tmp), extra_args=[HW, "--QGuardApp.channel_burst=1000"]).start()
+        server = ServerProcess(
+            Path(tmp),
+            extra_args=[*HW, "--QGuardApp.channel_burst=1000", "--QGuardApp.rate_window_seconds=1"],
+        ).start()
         try:
             ws = await server.websocket("qguard/api/events")
             kernel = await server.start_kernel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from .broker import runtime
 from .broker.service import Broker
 from .broker.store import Store, sqlite_url
 from .handlers import ROUTES
+from .policy.engine import PolicyEngine
 from .providers import provider_classes
 from .sandbox import rlimits
 from .sandbox.environment import DEFAULT_ALLOWLIST
@@ -26,9 +28,8 @@ from .sandbox.spec import DEFAULT_MINIMUM, LAYERS
 DEFAULT_BACKENDS: dict[str, dict[str, Any]] = {
     "aer_simulator": {
         "provider": "aer",
-        "tier": "simulator",
         "qubits": 28,
-        "description": "Qiskit Aer, on this machine; runs without approval.",
+        "description": "Qiskit Aer, on this machine.",
     },
 }
 
@@ -52,8 +53,9 @@ class QGuardApp(ExtensionApp):
 
     backends = Dict(
         default_value=DEFAULT_BACKENDS,
-        help="Backends agents may request: {name: {provider, tier, qubits, description, options}}. "
-        "Tier 'simulator' runs without approval; every other tier needs one approval.",
+        help="How this server reaches each backend: {name: {provider, qubits, description, "
+        "options}}. Whether a backend may be used, its tier and price are the policy pack's "
+        "(data.json, or policy_data).",
     ).tag(config=True)
 
     approval_ttl = Float(
@@ -92,6 +94,32 @@ class QGuardApp(ExtensionApp):
         help="Directory under which each agent kernel gets its own 0700 directory (connection "
         "file, ipc sockets, HOME). Keep it short: unix socket paths are limited to 107 bytes. "
         "Default: the system temp dir.",
+    ).tag(config=True)
+
+    policy_dir = Unicode(
+        help="Directory of the policy pack (*.rego, package qguard.decision, and data.json). "
+        "Default: the pack installed with jupyter_qguard (share/jupyter_qguard/policies). It is "
+        "rebuilt when its files change; a pack that does not load keeps the server from "
+        "starting, and a broken edit keeps the previous pack in force.",
+    ).tag(config=True)
+
+    policy_data = Dict(
+        help="Data merged over the pack's data.json (for example more backends with their tier "
+        "and price). Part of the policy version, so changing it voids pending approvals.",
+    ).tag(config=True)
+
+    workstation_tier = Unicode(
+        "standard",
+        help="This workstation's tier, given to the policy (the default pack knows 'standard' "
+        "and 'sandbox', where only simulators may run).",
+    ).tag(config=True)
+
+    rate_window_seconds = Float(
+        600.0, help="Length of the window in which the policy counts a requester's jobs."
+    ).tag(config=True)
+
+    rate_baseline_windows = Int(
+        6, help="How many earlier windows make the baseline a burst is compared with."
     ).tag(config=True)
 
     sandbox_minimum = List(
@@ -141,6 +169,10 @@ class QGuardApp(ExtensionApp):
     def _default_db_url(self) -> str:
         return sqlite_url(os.path.join(self.state_dir, "qguard.db"))
 
+    @default("policy_dir")
+    def _default_policy_dir(self) -> str:
+        return os.path.join(sys.prefix, "share", "jupyter_qguard", "policies")
+
     @default("kernel_rlimits")
     def _default_rlimits(self) -> dict[str, int]:
         return rlimits.defaults()
@@ -155,8 +187,8 @@ class QGuardApp(ExtensionApp):
     @validate("backends")
     def _validate_backends(self, proposal: Any) -> dict[str, Any]:
         for name, spec in proposal["value"].items():
-            if not isinstance(spec, dict) or "provider" not in spec or "tier" not in spec:
-                raise ValueError(f"backend {name!r} needs at least 'provider' and 'tier'")
+            if not isinstance(spec, dict) or "provider" not in spec:
+                raise ValueError(f"backend {name!r} needs at least 'provider'")
         return proposal["value"]
 
     # -- wiring ---------------------------------------------------------------------------
@@ -192,6 +224,8 @@ class QGuardApp(ExtensionApp):
 
     def initialize_settings(self) -> None:
         self._check_state_dir()
+        policy = PolicyEngine(self.policy_dir, self.policy_data)  # PolicyError: do not start
+        self.log.info("qguard: policy pack %s, version %s", self.policy_dir, policy.version[:12])
         store = self.store_class(self.db_url)
         self.broker = self.broker_class(
             store=store,
@@ -211,6 +245,10 @@ class QGuardApp(ExtensionApp):
                 "rlimits": dict(self.kernel_rlimits),
                 "extra_read_paths": list(self.kernel_extra_read_paths),
             },
+            policy=policy,
+            workstation_tier=self.workstation_tier,
+            rate_window=self.rate_window_seconds,
+            baseline_windows=self.rate_baseline_windows,
             channel_settings={
                 "max_request_bytes": self.channel_max_request_bytes,
                 "rate": self.channel_rate,
@@ -238,6 +276,7 @@ class QGuardApp(ExtensionApp):
         while True:
             await asyncio.sleep(self.expiry_check_interval)
             try:
+                self.broker.reload_policy()
                 await self.broker.expire_stale()
             except Exception:
                 self.log.exception("qguard: expiry sweep failed")

@@ -17,7 +17,7 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web, websocket
 
 from .broker.jobs import State
-from .broker.service import Broker, DigestMismatch, JobNotFound
+from .broker.service import ApprovalRefused, Broker, DigestMismatch, JobNotFound
 from .broker.store import TransitionConflict
 
 JOBS = "qguard:jobs"
@@ -89,7 +89,7 @@ class ApproveHandler(QGuardAPIHandler):
         await self.job_or_404(job_id)
         try:
             job = await self.broker.approve(job_id, self.username, body["digest"])
-        except DigestMismatch as exc:
+        except (DigestMismatch, ApprovalRefused) as exc:
             raise web.HTTPError(409, str(exc)) from None
         except TransitionConflict as exc:
             raise web.HTTPError(409, str(exc)) from None

@@ -17,8 +17,12 @@ pytest_plugins = ["pytest_jupyter.jupyter_server"]
 INSTALLED_KERNELSPEC = Path(sys.prefix) / "share" / "jupyter" / "kernels" / "qguard-agent"
 
 TEST_BACKENDS = {
-    "aer_simulator": {"provider": "aer", "tier": "simulator", "qubits": 28},
-    "aer_hw": {"provider": "aer", "tier": "hardware", "qubits": 28},
+    "aer_simulator": {"provider": "aer", "qubits": 28},
+    "aer_hw": {"provider": "aer", "qubits": 28},
+}
+# Aer standing in for hardware: the policy pack gives it the hardware tier (one approval).
+TEST_POLICY_DATA = {
+    "backends": {"aer_hw": {"tier": "hardware", "provider": "aer", "price": {"model": "free"}}}
 }
 
 
@@ -36,6 +40,7 @@ def jp_server_config(tmp_path: Path, qguard_config: dict[str, Any]) -> Config:
             "QGuardApp": {
                 "state_dir": str(tmp_path / "qguard-state"),
                 "backends": TEST_BACKENDS,
+                "policy_data": TEST_POLICY_DATA,
                 **qguard_config,
             },
         }

@@ -12,7 +12,10 @@ import pytest
 from support.helpers import BELL
 from support.jupyter_proc import ServerProcess, kernel_processes
 
-HW = "--QGuardApp.backends={'aer_hw': {'provider': 'aer', 'tier': 'hardware', 'qubits': 28}}"
+HW = [
+    "--QGuardApp.backends={'aer_hw': {'provider': 'aer', 'qubits': 28}}",
+    "--QGuardApp.policy_data={'backends': {'aer_hw': {'tier': 'hardware', 'provider': 'aer'}}}",
+]
 
 
 async def _until(server: ServerProcess, job_id: str, state: str, timeout: float = 90) -> dict:
@@ -26,7 +29,7 @@ async def _until(server: ServerProcess, job_id: str, state: str, timeout: float 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["graceful", "kill-9"])
 async def test_pending_job_survives_restart_and_runs_once(tmp_path, how):
-    server = ServerProcess(tmp_path, extra_args=[HW]).start()
+    server = ServerProcess(tmp_path, extra_args=HW).start()
     try:
         kernel = await server.start_kernel()
         assert (await kernel.run(BELL))["error"] is None
@@ -47,7 +50,7 @@ async def test_pending_job_survives_restart_and_runs_once(tmp_path, how):
         await asyncio.sleep(0.1)
     assert kernel_processes(kernel.id) == []
 
-    server = ServerProcess(tmp_path, extra_args=[HW]).start()
+    server = ServerProcess(tmp_path, extra_args=HW).start()
     try:
         # The killed server's kernel directory (sockets, connection file) is swept away.
         await asyncio.sleep(0.5)

@@ -11,7 +11,6 @@ import asyncio
 import base64
 import datetime as dt
 import getpass
-import hashlib
 import json
 import logging
 import socket
@@ -21,6 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..policy import cost as cost_model
+from ..policy.engine import PolicyEngine, PolicyError
+from ..policy.lint import lint
 from ..providers.base import Provider, ProviderError, RunSpec
 from .events import EventBus, JobWaiters
 from .filehash import WorkspacePathError, file_hash, resolve_in_workspace
@@ -30,7 +32,6 @@ from .jobs import (
     InvalidRequest,
     State,
     approval_digest,
-    canonical_json,
     validate_request,
 )
 from .store import Store, TransitionConflict, utcnow
@@ -53,6 +54,10 @@ class BrokerError(RuntimeError):
     pass
 
 
+class ApprovalRefused(ValueError):
+    """The approval cannot be applied (policy, two-person rule, MFA); the job stays pending."""
+
+
 class Broker:
     def __init__(
         self,
@@ -67,6 +72,10 @@ class Broker:
         user: str | None = None,
         kernel_settings: dict[str, Any] | None = None,
         channel_settings: dict[str, Any] | None = None,
+        policy: PolicyEngine,
+        workstation_tier: str = "standard",
+        rate_window: float = 600.0,
+        baseline_windows: int = 6,
     ) -> None:
         self.store = store
         self.backends = backends
@@ -84,10 +93,23 @@ class Broker:
         self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qguard-db")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._probe: asyncio.Future[dict[str, Any]] | None = None
-        # Until the policy engine lands, the tier table *is* the policy: its hash goes into
-        # every approval digest, so changing a backend's tier voids approvals given under the
-        # old table.
-        self.policy_version = hashlib.sha256(canonical_json(backends)).hexdigest()
+        self.policy = policy
+        self.workstation_tier = workstation_tier
+        self.rate_window = rate_window
+        self.baseline_windows = baseline_windows
+
+    @property
+    def policy_version(self) -> str:
+        return self.policy.version
+
+    def reload_policy(self) -> None:
+        """Pick up edits of the policy pack (the agent kernel can never write it)."""
+        try:
+            if self.policy.reload_if_changed():
+                log.info("qguard: policy pack reloaded, version %s", self.policy.version[:12])
+                self.events.publish({"type": "policy", "version": self.policy.version})
+        except PolicyError as exc:
+            log.error("qguard: policy pack change refused, the previous one stays: %s", exc)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -259,7 +281,7 @@ class Broker:
             {
                 "name": name,
                 "provider": spec.get("provider"),
-                "tier": spec.get("tier"),
+                "tier": self.policy.data.get("backends", {}).get(name, {}).get("tier"),
                 "qubits": spec.get("qubits"),
                 "description": spec.get("description", ""),
             }
@@ -296,6 +318,7 @@ class Broker:
         program = request["program"]
         fields = {
             "requester": requester,
+            "requester_user": requester["user"],
             "backend": request["backend"],
             "shots": request["shots"],
             "seed": request.get("seed"),
@@ -329,54 +352,116 @@ class Broker:
                 reason=f"internal error while checking: {exc}",
             )
 
+    def _inspector(self, backend: dict[str, Any] | None) -> Provider | None:
+        """Programs are parsed by a provider's workers, never in the server process: the
+        backend's own provider if it has one here, else any (Aer parses every format)."""
+        if backend is not None and backend.get("provider") in self.providers:
+            return self.providers[backend["provider"]]
+        return self.providers.get("aer") or next(iter(self.providers.values()), None)
+
+    def _usage(self, user: str) -> dict[str, Any]:
+        now = utcnow()
+        window = dt.timedelta(seconds=self.rate_window)
+        u = self.store.usage(
+            user,
+            day_start=now.replace(hour=0, minute=0, second=0, microsecond=0),
+            window_start=now - window,
+            baseline_start=now - window * (1 + self.baseline_windows),
+        )
+        return {
+            "spent_today": round(u["spent_today"], 6),
+            "jobs_window": u["jobs_window"],
+            "baseline_window": round(u["jobs_baseline"] / self.baseline_windows),
+        }
+
+    async def policy_input(
+        self, job: dict[str, Any], lint_report: dict[str, Any]
+    ) -> dict[str, Any]:
+        reach = self.backends.get(job["backend"]) or {}
+        pack = self.policy.data.get("backends", {}).get(job["backend"], {})
+        estimate = cost_model.estimate(pack.get("price"), shots=job["shots"])
+        return {
+            "job": {k: job[k] for k in ("backend", "shots", "seed", "max_cost")},
+            "backend": {
+                "name": job["backend"],
+                "provider": reach.get("provider") or pack.get("provider"),
+                "tier": pack.get("tier"),
+                "qubits": reach.get("qubits"),
+                "price": pack.get("price"),
+            },
+            "lint": {"findings": lint_report["findings"]},
+            "cost": estimate,
+            "usage": await self._db(self._usage, job["requester"]["user"]),
+            "requester": job["requester"],
+            "workstation_tier": self.workstation_tier,
+        }
+
     async def _check(self, job: dict[str, Any], payload: bytes) -> dict[str, Any]:
-        backend = self.backends.get(job["backend"])
-        if backend is None:
-            known = ", ".join(sorted(self.backends)) or "none"
-            return await self._reject(job, f"unknown backend {job['backend']!r} (known: {known})")
-        provider = self.providers.get(backend.get("provider", ""))
-        if provider is None:
-            return await self._reject(
-                job,
-                f"backend {job['backend']!r} names provider {backend.get('provider')!r}, "
-                "which is not installed",
-            )
+        """Lint, then policy: the policy decides, from the lint findings among the rest."""
+        reach = self.backends.get(job["backend"])
+        inspector = self._inspector(reach)
+        if inspector is None:
+            return await self._reject(job, "no provider is installed to read the program")
         try:
-            facts = await provider.inspect(job["program"]["format"], payload)
+            facts = await inspector.inspect(job["program"]["format"], payload)
         except ProviderError as exc:
             return await self._reject(job, str(exc))
-        reasons = []
-        qubits = backend.get("qubits")
-        if qubits is not None and facts.num_qubits > qubits:
-            reasons.append(
-                f"the circuit uses {facts.num_qubits} qubits; {job['backend']} has {qubits}"
-            )
-        if not facts.has_measurements:
-            reasons.append("the circuit has no measurements, so a run would return no counts")
-        if facts.num_parameters:
-            reasons.append(
-                f"the circuit has {facts.num_parameters} unbound parameter(s); bind them first"
-            )
-        tier = backend.get("tier", "hardware")
-        needed = 0 if tier == "simulator" else 1
-        decision = {
-            "allow": not reasons,
-            "deny": reasons,
-            "approvals_required": needed,
-            "mfa_required": False,
-            "tier": tier,
-            "facts": facts.as_dict(),
-            "rule": "tier" if not reasons else "checks",
+        qubits = reach.get("qubits") if reach else None
+        lint_report = lint(facts.as_dict(), backend=job["backend"], qubits=qubits)
+        self.reload_policy()
+        policy_input = await self.policy_input(job, lint_report)
+        decision = self.policy.decide(policy_input)
+        deny = list(decision.deny)
+        if decision.allow and reach is None:
+            deny = [
+                f"backend {job['backend']} is allowed by the policy, but no provider for it "
+                "is configured on this server (QGuardApp.backends)"
+            ]
+        record = {
+            **decision.as_dict(),
+            "allow": not deny,
+            "deny": deny,
+            "tier": policy_input["backend"]["tier"],
+            "lint": lint_report,
+            "cost": policy_input["cost"],
+            "usage": policy_input["usage"],
+            "workstation_tier": self.workstation_tier,
         }
-        if reasons:
-            return await self._reject(job, "; ".join(reasons), decision=decision)
+        if any("jobs in the current window is far above" in d for d in deny):
+            self.events.publish(
+                {
+                    "type": "alert",
+                    "kind": "burst",
+                    "job": job["id"],
+                    "requester": job["requester"],
+                    "usage": policy_input["usage"],
+                }
+            )
+        updates = {"decision": record, "cost": policy_input["cost"]["estimate"]}
+        if job["policy_version"] != self.policy.version:
+            # The pack changed between the digest and now: bind the version that decided.
+            updates["policy_version"] = self.policy.version
+            updates["digest"] = approval_digest(
+                program_sha256=job["program"]["sha256"],
+                backend=job["backend"],
+                shots=job["shots"],
+                seed=job["seed"],
+                max_cost=job["max_cost"],
+                files=job["files"],
+                policy_version=self.policy.version,
+            )
+        if deny:
+            return await self._move(
+                job["id"], State.REJECTED, actor=BROKER, reason="; ".join(deny), **updates
+            )
+        needed = decision.approvals_required
         if needed == 0:
             await self._move(
                 job["id"],
                 State.QUEUED,
                 actor=BROKER,
-                decision=decision,
-                detail={"why": f"tier {tier} runs without approval"},
+                detail={"why": "the policy runs it without approval"},
+                **updates,
             )
             self._spawn(self._execute(job["id"]), f"execute-{job['id']}")
             return await self._db(self.store.get, job["id"])
@@ -384,8 +469,8 @@ class Broker:
             job["id"],
             State.PENDING_APPROVAL,
             actor=BROKER,
-            decision=decision,
-            detail={"why": f"tier {tier} needs {needed} approval(s)"},
+            detail={"why": f"the policy asks for {needed} approval(s)"},
+            **updates,
         )
 
     async def _reject(
@@ -424,10 +509,28 @@ class Broker:
                 "the digest you approved is not this job's current digest: the request changed "
                 "after you saw it; review it again"
             )
-        if job["policy_version"] != self.policy_version:
-            await self._refuse_approval(
-                job_id, State.VOIDED, "the backend policy changed after the request was checked"
+        decision = job["decision"]
+        if decision.get("approvals_required", 1) > 1 and approver == job["requester"]["user"]:
+            raise ApprovalRefused(
+                "this job needs approvals from other people than the one who asked for it "
+                f"({job['requester']['user']})"
             )
+        if decision.get("mfa_required"):
+            raise ApprovalRefused(
+                "the policy asks for step-up MFA to approve this job, and no MFA method is "
+                "enrolled on this server yet"
+            )
+        # Budgets and rates move while a job waits: ask the policy again before reserving.
+        self.reload_policy()
+        if self.policy.version != job["policy_version"]:
+            await self._refuse_approval(
+                job_id, State.VOIDED, "the policy pack changed after the request was checked"
+            )
+        now = self.policy.decide(
+            await self.policy_input(job, decision.get("lint", {"findings": []}))
+        )
+        if not now.allow:
+            raise ApprovalRefused("the policy no longer allows this job: " + "; ".join(now.deny))
         count = await self._db(self.store.add_approval, job_id, approver, digest)
         needed = int(job["decision"].get("approvals_required", 1))
         if count < needed:

@@ -34,6 +34,9 @@ from sqlalchemy.types import TypeDecorator
 
 from .jobs import State, can_transition
 
+# States in which a job's cost counts against the budget (DESIGN.md, "Audit and bundles").
+RESERVED = (State.APPROVED, State.QUEUED, State.SUBMITTED, State.COMPLETED)
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -68,6 +71,11 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     requester: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The requester's user, as a column so budgets and rates are SQL, not JSON paths.
+    requester_user: Mapped[str] = mapped_column(String(256), index=True, default="")
+    # The cost estimate: reserved against the budget while the job is approved, queued,
+    # submitted or completed; released (not counted) if it fails or is cancelled.
+    cost: Mapped[float] = mapped_column(Float, default=0.0)
     backend: Mapped[str] = mapped_column(String(128), index=True)
     shots: Mapped[int] = mapped_column(Integer)
     seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
@@ -124,6 +132,7 @@ def _job_dict(job: Job) -> dict[str, Any]:
         "created_at": job.created_at.isoformat(),
         "updated_at": job.updated_at.isoformat(),
         "requester": job.requester,
+        "cost": job.cost,
         "backend": job.backend,
         "shots": job.shots,
         "seed": job.seed,
@@ -310,6 +319,45 @@ class Store:
                 or (kernel_id is not None and r["requester"].get("kernel_id") == kernel_id)
             ]
         return rows
+
+    def usage(
+        self,
+        user: str,
+        *,
+        day_start: dt.datetime,
+        window_start: dt.datetime,
+        baseline_start: dt.datetime,
+    ) -> dict[str, float | int]:
+        """What a user spent today and how many jobs they asked for recently."""
+        from sqlalchemy import func
+
+        with self._tx() as session:
+            spent = session.scalar(
+                select(func.coalesce(func.sum(Job.cost), 0.0)).where(
+                    Job.requester_user == user,
+                    Job.created_at >= day_start,
+                    Job.state.in_([s.value for s in RESERVED]),
+                )
+            )
+            in_window = session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.requester_user == user, Job.created_at >= window_start)
+            )
+            in_baseline = session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(
+                    Job.requester_user == user,
+                    Job.created_at >= baseline_start,
+                    Job.created_at < window_start,
+                )
+            )
+        return {
+            "spent_today": float(spent),
+            "jobs_window": int(in_window),
+            "jobs_baseline": int(in_baseline),
+        }
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         found = self.get_with_history(job_id)

@@ -16,16 +16,20 @@ from pathlib import Path
 DEMO_BACKENDS = {
     "aer_simulator": {
         "provider": "aer",
-        "tier": "simulator",
         "qubits": 28,
         "description": "Qiskit Aer on this machine; runs without approval.",
     },
     "aer_as_hardware": {
         "provider": "aer",
-        "tier": "hardware",
         "qubits": 28,
         "description": "Aer, treated as hardware so the demo shows the approval step.",
     },
+}
+# The policy pack decides tiers: give the stand-in the hardware tier (one approval, free).
+DEMO_POLICY_DATA = {
+    "backends": {
+        "aer_as_hardware": {"tier": "hardware", "provider": "aer", "price": {"model": "free"}}
+    }
 }
 
 
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         f"--ServerApp.port={args.port}",
         "--ServerApp.ip=127.0.0.1",
         f"--QGuardApp.backends={json.dumps(DEMO_BACKENDS)}",
+        f"--QGuardApp.policy_data={json.dumps(DEMO_POLICY_DATA)}",
         "--LabApp.default_url=/lab/tree/qguard-demo.ipynb",
         *passthrough,
     ]

@@ -108,9 +108,20 @@ def check_module(name: str, source: str) -> None:
             )
 
 
+def _merge(base: Any, extra: Any) -> Any:
+    if isinstance(base, dict) and isinstance(extra, dict):
+        out = dict(base)
+        for key, value in extra.items():
+            out[key] = _merge(base.get(key), value)
+        return out
+    return extra
+
+
 class PolicyEngine:
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, overrides: dict[str, Any] | None = None) -> None:
         self.directory = Path(directory)
+        # Site additions merged over data.json (QGuardApp.policy_data); part of the version.
+        self.overrides = overrides or {}
         self._lock = threading.Lock()
         self._load()
 
@@ -122,6 +133,12 @@ class PolicyEngine:
             raise PolicyError(f"{self.directory}: no .rego files")
         data_path = self.directory / "data.json"
         data = data_path.read_text("utf-8") if data_path.is_file() else None
+        if self.overrides:
+            try:
+                base = json.loads(data) if data is not None else {}
+            except ValueError as exc:
+                raise PolicyError(f"data.json: not valid JSON ({exc})") from None
+            data = json.dumps(_merge(base, self.overrides), sort_keys=True)
         return modules, data
 
     @staticmethod

@@ -1,0 +1,40 @@
+"""Quantum lint: facts about a program (parsed in a worker process) turned into findings with a
+severity and a message, which the policy reads (an `error` finding is a deny in the default
+pack)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def finding(severity: str, code: str, message: str) -> dict[str, str]:
+    return {"severity": severity, "code": code, "message": message}
+
+
+def lint(facts: dict[str, Any], *, backend: str, qubits: int | None) -> dict[str, Any]:
+    findings = []
+    if qubits is not None and facts["num_qubits"] > qubits:
+        findings.append(
+            finding(
+                "error",
+                "too-many-qubits",
+                f"the circuit uses {facts['num_qubits']} qubits; {backend} has {qubits}",
+            )
+        )
+    if not facts["has_measurements"]:
+        findings.append(
+            finding(
+                "error",
+                "no-measurements",
+                "the circuit has no measurements, so a run would return no counts",
+            )
+        )
+    if facts["num_parameters"]:
+        findings.append(
+            finding(
+                "error",
+                "unbound-parameters",
+                f"the circuit has {facts['num_parameters']} unbound parameter(s); bind them first",
+            )
+        )
+    return {"findings": findings, "facts": facts}
