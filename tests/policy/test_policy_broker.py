@@ -1,0 +1,237 @@
+"""The policy in the broker: decisions reach jobs and kernels; budgets are reserved from
+approval and released when a job fails; bursts raise an alert; a changed pack voids approvals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from support.helpers import BELL, wait_for
+
+from jupyter_qguard.broker.service import ApprovalRefused
+
+PACK = Path(__file__).resolve().parents[2] / "policies"
+
+PAID = {
+    "backends": {
+        "aer_hw": {"tier": "hardware", "provider": "aer", "price": {"model": "free"}},
+        "aer_paid": {
+            "tier": "hardware",
+            "provider": "aer",
+            "price": {"model": "per_shot", "per_task": 0.6, "per_shot": 0.0, "currency": "USD"},
+        },
+        "aer_premium": {"tier": "premium", "provider": "aer", "price": {"model": "free"}},
+    },
+    "limits": {"daily_budget_per_user": 1.0},
+}
+BACKENDS = {
+    "aer_simulator": {"provider": "aer", "qubits": 28},
+    "aer_hw": {"provider": "aer", "qubits": 28},
+    "aer_paid": {"provider": "aer", "qubits": 28},
+    "aer_premium": {"provider": "aer", "qubits": 28},
+}
+PAID_CONFIG = {"policy_data": PAID, "backends": BACKENDS}
+BUDGET = "this job would bring today's spending for {u} to 1.20 USD, over the daily budget of 1.00"
+
+
+async def jobs(jp_fetch, state=None):
+    params = {"state": state} if state else {}
+    r = await jp_fetch("qguard", "api", "jobs", params=params)
+    return json.loads(r.body)["jobs"]
+
+
+async def approve(jp_fetch, job, raise_error=True):
+    return await jp_fetch(
+        "qguard",
+        "api",
+        "jobs",
+        job["id"],
+        "approve",
+        method="POST",
+        body=json.dumps({"digest": job["digest"]}),
+        raise_error=raise_error,
+    )
+
+
+@pytest.mark.parametrize("qguard_config", [PAID_CONFIG], indirect=True)
+async def test_cost_is_reserved_at_approval_and_counts_against_the_budget(
+    start_kernel, jp_fetch, broker
+):
+    k = await start_kernel()
+    await k.run(BELL)
+    await k.run("a = %qguard submit bell --backend aer_paid --shots 10")
+    [a] = await jobs(jp_fetch, "pending_approval")
+    assert a["decision"]["cost"] == {"estimate": 0.6, "currency": "USD", "model": "per_shot"}
+    assert a["decision"]["usage"]["spent_today"] == 0.0
+    # Pending jobs reserve nothing yet: a second request still fits the budget.
+    await k.run("b = %qguard submit bell --backend aer_paid --shots 20")
+    pending = await jobs(jp_fetch, "pending_approval")
+    assert len(pending) == 2
+    b = next(j for j in pending if j["id"] != a["id"])
+    assert (await approve(jp_fetch, a)).code == 200
+    await wait_for(lambda: _state(jp_fetch, a["id"], "completed"), timeout=60)
+    # Approving the second would go over the budget now that the first is reserved.
+    r = await approve(jp_fetch, b, raise_error=False)
+    assert r.code == 409
+    user = a["requester"]["user"]
+    assert json.loads(r.body)["message"] == (
+        "the policy no longer allows this job: " + BUDGET.format(u=user)
+    )
+    assert (await _job(jp_fetch, b["id"]))["state"] == "pending_approval"
+    # And a new request is refused outright.
+    res = await k.run("c = %qguard submit bell --backend aer_paid --shots 5 --wait")
+    assert res["error"]["ename"] == "QGuardDenied"
+    assert BUDGET.format(u=user) in res["error"]["evalue"]
+
+
+@pytest.mark.parametrize("qguard_config", [{**PAID_CONFIG, "policy_data": PAID}], indirect=True)
+async def test_a_failed_job_releases_its_reservation(start_kernel, jp_fetch, jp_serverapp, broker):
+    k = await start_kernel()
+    await k.run(BELL)
+    await k.run("a = %qguard submit bell --backend aer_paid --shots 10")
+    [a] = await jobs(jp_fetch, "pending_approval")
+    aer = broker.providers["aer"]
+    aer.method = "no_such_method"  # the run will fail in the worker
+    assert (await approve(jp_fetch, a)).code == 200
+    failed = await wait_for(lambda: _state(jp_fetch, a["id"], "failed"), timeout=60)
+    assert "simulation failed" in failed["reason"]
+    aer.method = "automatic"
+    await k.run("b = %qguard submit bell --backend aer_paid --shots 10")
+    [b] = await jobs(jp_fetch, "pending_approval")
+    assert b["decision"]["usage"]["spent_today"] == 0.0  # released
+    assert (await approve(jp_fetch, b)).code == 200
+
+
+@pytest.mark.parametrize("qguard_config", [PAID_CONFIG], indirect=True)
+async def test_premium_needs_other_people_than_the_requester(start_kernel, jp_fetch, broker):
+    broker.user = "ada"
+    k = await start_kernel()
+    await k.run(BELL)
+    await k.run("p = %qguard submit bell --backend aer_premium --shots 10")
+    [p] = await jobs(jp_fetch, "pending_approval")
+    assert p["requester"]["user"] == "ada"
+    assert (p["decision"]["approvals_required"], p["decision"]["mfa_required"]) == (2, True)
+    # The requester approving their own premium job (the broker's own check; a token-only
+    # single-user server gives each REST call an anonymous name, so it is called directly).
+    with pytest.raises(ApprovalRefused) as refused:
+        await broker.approve(p["id"], "ada", p["digest"])
+    assert str(refused.value) == (
+        "this job needs approvals from other people than the one who asked for it (ada)"
+    )
+    # Anyone else still needs step-up MFA, which is not enrolled: refused over REST too.
+    r = await approve(jp_fetch, p, raise_error=False)
+    assert r.code == 409
+    assert json.loads(r.body)["message"] == (
+        "the policy asks for step-up MFA to approve this job, and no MFA method is enrolled "
+        "on this server yet"
+    )
+    after = await _job(jp_fetch, p["id"])
+    assert (after["state"], after["approvals"]) == ("pending_approval", [])
+
+
+@pytest.mark.parametrize(
+    "qguard_config",
+    [
+        {
+            "rate_window_seconds": 60,
+            "policy_data": {
+                "backends": {"aer_hw": {"tier": "hardware", "provider": "aer"}},
+                "limits": {"burst_floor": 3, "burst_factor": 5},
+            },
+        }
+    ],
+    indirect=True,
+)
+async def test_a_burst_is_denied_and_raises_an_alert(start_kernel, jp_ws_fetch, jp_fetch):
+    ws = await jp_ws_fetch("qguard", "api", "events")
+    k = await start_kernel()
+    await k.run(BELL)
+    res = await k.run(
+        "from jupyter_qguard.kernel.jobs import submit\n"
+        "states = [submit(bell, backend='aer_simulator', shots=5).state for _ in range(5)]\n"
+        "print(states)"
+    )
+    assert "rejected" in res["stdout"]
+    alert = None
+    while alert is None:
+        event = json.loads(await asyncio.wait_for(ws.read_message(), 10))
+        if event["type"] == "alert":
+            alert = event
+    assert alert["kind"] == "burst" and alert["usage"]["jobs_window"] == 4
+    rejected = await jobs(jp_fetch, "rejected")
+    # jobs 1–3 fit under the floor of 3; the 4th and 5th are a burst (the count includes them)
+    assert sorted(j["reason"] for j in rejected) == [
+        f"{n} jobs in the current window is far above the usual 0; wait, or ask an admin to "
+        "raise the limit"
+        for n in (4, 5)
+    ]
+
+
+@pytest.mark.parametrize("qguard_config", [{"workstation_tier": "sandbox"}], indirect=True)
+async def test_a_sandbox_workstation_runs_simulators_only(start_kernel):
+    k = await start_kernel()
+    await k.run(BELL)
+    ok = await k.run("c = %qguard submit bell --backend aer_simulator --shots 10 --wait")
+    assert ok["error"] is None
+    res = await k.run("c = %qguard submit bell --backend aer_hw --shots 10 --wait")
+    assert res["error"]["ename"] == "QGuardDenied"
+    assert (
+        "this workstation is in tier sandbox, where only simulators may run "
+        "(backend aer_hw is hardware)"
+    ) in res["error"]["evalue"]
+
+
+@pytest.fixture
+def pack_copy(tmp_path):
+    dest = tmp_path / "pack"
+    shutil.copytree(PACK, dest)
+    return dest
+
+
+@pytest.fixture
+def qguard_config(request, pack_copy):
+    return {**getattr(request, "param", {}), "policy_dir": str(pack_copy)}
+
+
+async def test_an_edited_pack_voids_pending_approvals(start_kernel, jp_fetch, pack_copy, broker):
+    k = await start_kernel()
+    await k.run(BELL)
+    await k.run("j = %qguard submit bell --backend aer_hw --shots 10")
+    [job] = await jobs(jp_fetch, "pending_approval")
+    data = json.loads((pack_copy / "data.json").read_text())
+    data["limits"]["max_shots"] = 50000
+    (pack_copy / "data.json").write_text(json.dumps(data))
+    r = await approve(jp_fetch, job, raise_error=False)
+    assert r.code == 409
+    after = await _job(jp_fetch, job["id"])
+    assert after["state"] == "voided"
+    assert after["reason"] == "the policy pack changed after the request was checked"
+    assert broker.policy_version != job["policy_version"]
+
+
+async def test_a_broken_pack_keeps_agent_kernels_from_starting(
+    jp_server_config, pack_copy, jp_configurable_serverapp
+):
+    (pack_copy / "decision.rego").write_text("package qguard.decision\n\nnot rego at all\n")
+    from jupyter_qguard.broker import runtime
+    from jupyter_qguard.policy.engine import PolicyError
+
+    runtime.set_current(None)
+    jp_server_config["ServerApp"]["reraise_server_extension_failures"] = True
+    with pytest.raises(PolicyError, match="the pack does not compile"):
+        jp_configurable_serverapp(config=jp_server_config)
+    with pytest.raises(runtime.BrokerNotRunning):
+        runtime.current()
+
+
+async def _job(jp_fetch, job_id):
+    r = await jp_fetch("qguard", "api", "jobs", job_id)
+    return json.loads(r.body)
+
+
+async def _state(jp_fetch, job_id, state):
+    job = await _job(jp_fetch, job_id)
+    return job if job["state"] == state else None
