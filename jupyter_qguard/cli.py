@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,105 @@ class DoctorCommand(QGuardCommand):
         self.exit(0 if rep["agent_kernels_can_start"] else 1)
 
 
+class PolicyCheckCommand(QGuardCommand):
+    name = "jupyter-qguard-policy-check"
+    description = "Validate a policy pack: loads, compiles, uses nothing outside itself."
+
+    def start(self) -> None:
+        from .policy.engine import PolicyEngine, PolicyError
+
+        if len(self.extra_args) != 1:
+            print("usage: jupyter qguard policy check DIR", file=sys.stderr)
+            self.exit(2)
+        try:
+            engine = PolicyEngine(self.extra_args[0])
+        except PolicyError as exc:
+            print(f"policy pack refused: {exc}", file=sys.stderr)
+            self.exit(1)
+        backends = engine.data.get("backends", {})
+        print(f"policy pack OK: version {engine.version}")
+        for name, spec in sorted(backends.items()):
+            print(f"  {name:<20} tier {spec.get('tier')}")
+
+
+class PolicyEvalCommand(QGuardCommand):
+    name = "jupyter-qguard-policy-eval"
+    description = (
+        "Print the decision of the configured policy pack for a job request or a full policy "
+        "input (JSON file): allow or deny, reasons, approvals, MFA."
+    )
+    backend = Unicode("", help="Evaluate for this backend instead of the file's.").tag(config=True)
+    workstation_tier = Unicode("", help="Workstation tier (default: the server's).").tag(
+        config=True
+    )
+    aliases = {
+        "backend": "PolicyEvalCommand.backend",
+        "workstation-tier": "PolicyEvalCommand.workstation_tier",
+    }
+
+    def start(self) -> None:
+        from .policy import cost as cost_model
+        from .policy.engine import PolicyEngine
+
+        if len(self.extra_args) != 1:
+            print("usage: jupyter qguard policy eval JOB.json [--backend NAME]", file=sys.stderr)
+            self.exit(2)
+        settings = self.qguard_settings()
+        engine = PolicyEngine(settings.policy_dir, settings.policy_data)
+        given = json.loads(Path(self.extra_args[0]).read_text())
+        job = given.get("job", given)
+        if self.backend:
+            job = {**job, "backend": self.backend}
+        pack = engine.data.get("backends", {}).get(job.get("backend"), {})
+        policy_input = {
+            "job": {k: job.get(k) for k in ("backend", "shots", "seed", "max_cost")},
+            "backend": {
+                "name": job.get("backend"),
+                "tier": pack.get("tier"),
+                "price": pack.get("price"),
+                **(given["backend"] if isinstance(given.get("backend"), dict) else {}),
+            },
+            "lint": given.get("lint", {"findings": []}),
+            "cost": given.get("cost")
+            or cost_model.estimate(pack.get("price"), shots=int(job.get("shots") or 0)),
+            "usage": given.get("usage", {"spent_today": 0, "jobs_window": 0, "baseline_window": 0}),
+            "requester": given.get("requester", {"user": os.environ.get("USER", "you")}),
+            "workstation_tier": self.workstation_tier or settings.workstation_tier,
+        }
+        d = engine.decide(policy_input)
+        print("ALLOW" if d.allow else "DENY", f"(policy {engine.version[:12]})")
+        for reason in d.deny:
+            print(f"  - {reason}")
+        if d.allow:
+            print(
+                f"  approvals required: {d.approvals_required}; step-up MFA: "
+                f"{'yes' if d.mfa_required else 'no'}"
+            )
+        for note in d.notes:
+            print(f"  note: {note}")
+        print(
+            f"  cost estimate: {policy_input['cost']['estimate']:.2f} "
+            f"{policy_input['cost']['currency']}"
+        )
+        self.exit(0 if d.allow else 1)
+
+
+class PolicyCommand(JupyterApp):
+    name = "jupyter-qguard-policy"
+    version = __version__
+    description = "Evaluate and check policy packs."
+    subcommands = {
+        "eval": (PolicyEvalCommand, PolicyEvalCommand.description),
+        "check": (PolicyCheckCommand, PolicyCheckCommand.description),
+    }
+
+    def start(self) -> None:
+        if self.subapp is None:
+            self.print_help()
+            self.exit(2)
+        super().start()
+
+
 class QGuardCLI(JupyterApp):
     name = "jupyter-qguard"
     version = __version__
@@ -134,6 +234,7 @@ class QGuardCLI(JupyterApp):
     subcommands = {
         "jobs": (JobsCommand, JobsCommand.description),
         "doctor": (DoctorCommand, DoctorCommand.description),
+        "policy": (PolicyCommand, PolicyCommand.description),
     }
 
     def start(self) -> None:

@@ -75,3 +75,42 @@ def test_jobs_without_state_says_so(tmp_path):
     r = run("jobs", f"--QGuardApp.state_dir={tmp_path / 'nothing'}", home=tmp_path)
     assert r.returncode == 1
     assert "no qguard state at" in r.stderr
+
+
+def test_policy_eval_and_check(tmp_path):
+    job = tmp_path / "job.json"
+    job.write_text(
+        json.dumps({"schema": "qguard.job/v1", "backend": "fake_brisbane", "shots": 4000})
+    )
+    r = run("policy", "eval", str(job), home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("ALLOW (policy ")
+    assert lines[1:] == ["  approvals required: 1; step-up MFA: no", "  cost estimate: 1.70 USD"]
+    r = run(
+        "policy",
+        "eval",
+        str(job),
+        "--backend=fake_torino",
+        "--workstation-tier=sandbox",
+        home=tmp_path,
+    )
+    assert r.returncode == 1
+    assert (
+        "  - this workstation is in tier sandbox, where only simulators may run "
+        "(backend fake_torino is premium)"
+    ) in r.stdout.splitlines()
+
+    good = run(
+        "policy", "check", str(Path(__file__).resolve().parents[1] / "policies"), home=tmp_path
+    )
+    assert good.returncode == 0 and "fake_torino          tier premium" in good.stdout
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "p.rego").write_text("package qguard.x\n\nx := opa.runtime()\n")
+    r = run("policy", "check", str(bad), home=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        "policy pack refused: p.rego:3 uses opa.runtime, which reads the OPA runtime environment: "
+        "a qguard policy must decide from its input and its own data only"
+    )
