@@ -7,7 +7,12 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["submit_to_pending.py", "sandbox_overhead.py", "policy_decision.py"]
+BENCHMARKS = [
+    "submit_to_pending.py",
+    "sandbox_overhead.py",
+    "policy_decision.py",
+    "lint_time.py",
+]
 
 
 def main() -> int:

@@ -122,6 +122,12 @@ class QGuardApp(ExtensionApp):
         6, help="How many earlier windows make the baseline a burst is compared with."
     ).tag(config=True)
 
+    lint_timeout_seconds = Float(
+        30.0,
+        help="Longest the broker spends parsing and transpiling one program for lint; a "
+        "program that takes longer is rejected with that reason.",
+    ).tag(config=True)
+
     sandbox_minimum = List(
         Unicode(),
         default_value=list(DEFAULT_MINIMUM),
@@ -249,6 +255,7 @@ class QGuardApp(ExtensionApp):
             workstation_tier=self.workstation_tier,
             rate_window=self.rate_window_seconds,
             baseline_windows=self.rate_baseline_windows,
+            lint_timeout=self.lint_timeout_seconds,
             channel_settings={
                 "max_request_bytes": self.channel_max_request_bytes,
                 "rate": self.channel_rate,

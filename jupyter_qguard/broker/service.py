@@ -76,6 +76,7 @@ class Broker:
         workstation_tier: str = "standard",
         rate_window: float = 600.0,
         baseline_windows: int = 6,
+        lint_timeout: float = 30.0,
     ) -> None:
         self.store = store
         self.backends = backends
@@ -95,6 +96,10 @@ class Broker:
         self._probe: asyncio.Future[dict[str, Any]] | None = None
         self.policy = policy
         self.workstation_tier = workstation_tier
+        # Program facts by (program hash, backend): the same circuit is parsed and transpiled
+        # once, however often it is asked for.
+        self._facts_cache: dict[tuple[str, str | None], Any] = {}
+        self.lint_timeout = lint_timeout
         self.rate_window = rate_window
         self.baseline_windows = baseline_windows
 
@@ -402,12 +407,28 @@ class Broker:
         inspector = self._inspector(reach)
         if inspector is None:
             return await self._reject(job, "no provider is installed to read the program")
-        try:
-            facts = await inspector.inspect(job["program"]["format"], payload)
-        except ProviderError as exc:
-            return await self._reject(job, str(exc))
+        key = (job["program"]["sha256"], job["backend"] if reach else None)
+        facts = self._facts_cache.get(key)
+        if facts is None:
+            try:
+                facts = await asyncio.wait_for(
+                    inspector.inspect(job["program"]["format"], payload, key[1]),
+                    self.lint_timeout,
+                )
+            except ProviderError as exc:
+                return await self._reject(job, str(exc))
+            except TimeoutError:
+                return await self._reject(
+                    job, f"the program could not be analysed within {self.lint_timeout:g} s"
+                )
+            self._facts_cache[key] = facts
+            while len(self._facts_cache) > 512:
+                self._facts_cache.pop(next(iter(self._facts_cache)))
         qubits = reach.get("qubits") if reach else None
-        lint_report = lint(facts.as_dict(), backend=job["backend"], qubits=qubits)
+        max_depth = self.policy.data.get("lint", {}).get("max_depth_warning")
+        lint_report = lint(
+            facts.as_dict(), backend=job["backend"], qubits=qubits, max_depth=max_depth
+        )
         self.reload_policy()
         policy_input = await self.policy_input(job, lint_report)
         decision = self.policy.decide(policy_input)

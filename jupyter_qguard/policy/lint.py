@@ -11,7 +11,9 @@ def finding(severity: str, code: str, message: str) -> dict[str, str]:
     return {"severity": severity, "code": code, "message": message}
 
 
-def lint(facts: dict[str, Any], *, backend: str, qubits: int | None) -> dict[str, Any]:
+def lint(
+    facts: dict[str, Any], *, backend: str, qubits: int | None, max_depth: int | None = None
+) -> dict[str, Any]:
     findings = []
     if qubits is not None and facts["num_qubits"] > qubits:
         findings.append(
@@ -35,6 +37,32 @@ def lint(facts: dict[str, Any], *, backend: str, qubits: int | None) -> dict[str
                 "error",
                 "unbound-parameters",
                 f"the circuit has {facts['num_parameters']} unbound parameter(s); bind them first",
+            )
+        )
+    unwritten = facts.get("clbits_read_before_written") or []
+    if unwritten:
+        findings.append(
+            finding(
+                "error",
+                "clbit-read-before-write",
+                f"classical bit(s) {', '.join(map(str, unwritten))} are read by a condition before "
+                "any measurement writes them",
+            )
+        )
+    transpiled = facts.get("transpiled")
+    if (
+        transpiled
+        and "depth" in transpiled
+        and max_depth is not None
+        and transpiled["depth"] > max_depth
+    ):
+        findings.append(
+            finding(
+                "warning",
+                "deep-circuit",
+                f"depth {transpiled['depth']} after transpiling to {backend} "
+                f"({transpiled['two_qubit_gates']} two-qubit gates) is over {max_depth}; "
+                "results may be mostly noise",
             )
         )
     return {"findings": findings, "facts": facts}

@@ -58,9 +58,13 @@ class AerProvider(Provider):
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    async def inspect(self, program_format: str, payload: bytes) -> ProgramFacts:
+    async def inspect(
+        self, program_format: str, payload: bytes, backend: str | None = None
+    ) -> ProgramFacts:
+        # Every backend this provider runs is an Aer simulator: transpile to Aer's target.
+        target = "aer" if backend is not None else None
         try:
-            facts = await self._call(aer_worker.inspect_program, program_format, payload)
+            facts = await self._call(aer_worker.inspect_program, program_format, payload, target)
         except ProviderError:
             raise
         except Exception as exc:

@@ -31,7 +31,51 @@ def load_circuit(program_format: str, payload: bytes) -> Any:
     raise ValueError(f"unsupported program format {program_format!r}")
 
 
-def inspect_program(program_format: str, payload: bytes) -> dict[str, Any]:
+def clbits_read_before_written(qc: Any) -> list[int]:
+    """Indices of classical bits a condition reads before any measurement has written them."""
+    written: set[Any] = set()
+    unwritten_reads: set[int] = set()
+
+    def reads(inst: Any) -> list[Any]:
+        condition = getattr(inst.operation, "condition", None)
+        if condition is None:
+            return []
+        target = condition[0]
+        return list(target) if hasattr(target, "__iter__") else [target]
+
+    for inst in qc.data:
+        for bit in reads(inst):
+            if bit not in written:
+                unwritten_reads.add(qc.find_bit(bit).index)
+        if inst.operation.name == "measure":
+            written.update(inst.clbits)
+    return sorted(unwritten_reads)
+
+
+def transpiled_facts(qc: Any, target: str | None) -> dict[str, Any] | None:
+    """Depth and two-qubit gates after transpiling to the backend's target (None: no target)."""
+    if target != "aer":
+        return None
+    from qiskit_aer import AerSimulator
+
+    return transpile_to(qc, AerSimulator(), target)
+
+
+def transpile_to(qc: Any, backend: Any, name: str) -> dict[str, Any]:
+    from qiskit import transpile
+
+    width = getattr(backend, "num_qubits", None)
+    if width is not None and qc.num_qubits > width:
+        # The too-many-qubits finding says it; there is nothing to transpile onto.
+        return {"target": name, "skipped": f"{qc.num_qubits} qubits do not fit in {width}"}
+    tqc = transpile(qc, backend, optimization_level=1, seed_transpiler=0)
+    two_qubit = sum(1 for inst in tqc.data if inst.operation.num_qubits == 2)
+    return {"target": name, "depth": tqc.depth(), "two_qubit_gates": two_qubit}
+
+
+def inspect_program(
+    program_format: str, payload: bytes, target: str | None = None
+) -> dict[str, Any]:
     qc = load_circuit(program_format, payload)
     ops = {str(k): int(v) for k, v in qc.count_ops().items()}
     return {
@@ -41,6 +85,8 @@ def inspect_program(program_format: str, payload: bytes) -> dict[str, Any]:
         "has_measurements": ops.get("measure", 0) > 0,
         "num_parameters": qc.num_parameters,
         "operations": ops,
+        "clbits_read_before_written": clbits_read_before_written(qc),
+        "transpiled": transpiled_facts(qc, target),
     }
 
 

@@ -34,6 +34,8 @@ class ProgramFacts:
     has_measurements: bool
     num_parameters: int
     operations: dict[str, int]
+    clbits_read_before_written: list[int] = field(default_factory=list)
+    transpiled: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +45,8 @@ class ProgramFacts:
             "has_measurements": self.has_measurements,
             "num_parameters": self.num_parameters,
             "operations": self.operations,
+            "clbits_read_before_written": self.clbits_read_before_written,
+            "transpiled": self.transpiled,
         }
 
 
@@ -73,7 +77,9 @@ class Provider(LoggingConfigurable, metaclass=_ProviderMeta):
         """Release what `start` took."""
 
     @abstractmethod
-    async def inspect(self, program_format: str, payload: bytes) -> ProgramFacts:
+    async def inspect(
+        self, program_format: str, payload: bytes, backend: str | None = None
+    ) -> ProgramFacts:
         """Parse the program (in a worker, never trusting the kernel) and report its facts."""
 
     @abstractmethod

@@ -1,0 +1,152 @@
+"""Quantum lint on crafted circuits, for Qiskit and for PennyLane (whose tapes reach the broker
+as OpenQASM): the facts the worker finds and the findings the policy sees."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from qiskit import QuantumCircuit, qpy
+
+from jupyter_qguard.policy.lint import lint
+from jupyter_qguard.providers.aer_worker import inspect_program
+
+
+def qpy_bytes(qc: QuantumCircuit) -> bytes:
+    buf = io.BytesIO()
+    qpy.dump(qc, buf)
+    return buf.getvalue()
+
+
+def test_condition_on_an_unwritten_clbit_is_an_error():
+    qc = QuantumCircuit(2, 2)
+    with qc.if_test((qc.clbits[1], 1)):
+        qc.x(0)
+    qc.measure([0, 1], [0, 1])
+    facts = inspect_program("qpy", qpy_bytes(qc))
+    assert facts["clbits_read_before_written"] == [1]
+    findings = lint(facts, backend="aer_simulator", qubits=28)["findings"]
+    assert findings == [
+        {
+            "severity": "error",
+            "code": "clbit-read-before-write",
+            "message": (
+                "classical bit(s) 1 are read by a condition before any measurement writes them"
+            ),
+        }
+    ]
+
+
+def test_condition_after_its_measurement_is_fine():
+    qc = QuantumCircuit(2, 2)
+    qc.h(0)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.x(1)
+    qc.measure(1, 1)
+    facts = inspect_program("qpy", qpy_bytes(qc))
+    assert facts["clbits_read_before_written"] == []
+    assert lint(facts, backend="aer_simulator", qubits=28)["findings"] == []
+
+
+def test_transpiled_depth_and_two_qubit_count():
+    qc = QuantumCircuit(3)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.cx(1, 2)
+    qc.measure_all()
+    facts = inspect_program("qpy", qpy_bytes(qc), "aer")
+    assert facts["transpiled"]["two_qubit_gates"] == 2
+    assert facts["transpiled"]["depth"] >= 4
+    findings = lint(facts, backend="aer_hw", qubits=28, max_depth=2)["findings"]
+    assert [f["code"] for f in findings] == ["deep-circuit"]
+    assert findings[0]["severity"] == "warning"
+    assert "after transpiling to aer_hw (2 two-qubit gates) is over 2" in findings[0]["message"]
+
+
+def test_too_many_qubits_no_measurement_and_unbound_parameter_together():
+    from qiskit.circuit import Parameter
+
+    qc = QuantumCircuit(30)
+    qc.rx(Parameter("t"), 0)
+    facts = inspect_program("qpy", qpy_bytes(qc))
+    codes = [f["code"] for f in lint(facts, backend="small", qubits=5)["findings"]]
+    assert codes == ["too-many-qubits", "no-measurements", "unbound-parameters"]
+
+
+def pennylane_qasm(wires: int, measure: bool) -> str:
+    import pennylane as qml
+
+    ops = [qml.Hadamard(0)] + [qml.CNOT([i, i + 1]) for i in range(wires - 1)]
+    measurements = [qml.counts(wires=range(wires))] if measure else []
+    tape = qml.tape.QuantumScript(ops, measurements)
+    return qml.to_openqasm(tape, measure_all=measure)
+
+
+def test_pennylane_tape_facts_through_openqasm():
+    facts = inspect_program("qasm2", pennylane_qasm(4, measure=True).encode())
+    assert (facts["num_qubits"], facts["has_measurements"]) == (4, True)
+    assert lint(facts, backend="aer_simulator", qubits=28)["findings"] == []
+    facts = inspect_program("qasm2", pennylane_qasm(6, measure=False).encode())
+    codes = [f["code"] for f in lint(facts, backend="small", qubits=5)["findings"]]
+    assert codes == ["too-many-qubits", "no-measurements"]
+
+
+SUBMIT_QASM = """
+import base64, hashlib
+from jupyter_qguard.kernel.client import client
+from jupyter_qguard.kernel.jobs import QGuardJob
+def submit_qasm(text, backend, shots=10):
+    payload = text.encode()
+    program = {"sdk": "pennylane", "format": "qasm2", "sha256": hashlib.sha256(payload).hexdigest(),
+               "payload_b64": base64.b64encode(payload).decode()}
+    job = {"schema": "qguard.job/v1", "program": program, "backend": backend, "shots": shots}
+    return QGuardJob(client().call("submit", {"job": job}))
+"""
+
+
+@pytest.mark.parametrize(
+    "qguard_config",
+    [
+        {
+            "policy_data": {
+                "backends": {"aer_hw": {"tier": "hardware", "provider": "aer"}},
+                "lint": {"max_depth_warning": 3},
+            }
+        }
+    ],
+    indirect=True,
+)
+async def test_lint_reaches_the_decision(start_kernel, jp_fetch):
+    import pennylane as qml  # noqa: F401 - the kernel imports it too
+
+    k = await start_kernel()
+    assert (await k.run(SUBMIT_QASM))["error"] is None
+    ok = json.dumps(pennylane_qasm(4, measure=True))
+    bad = json.dumps(pennylane_qasm(30, measure=False))
+    res = await k.run(
+        f"a = submit_qasm({ok}, 'aer_hw')\nb = submit_qasm({bad}, 'aer_simulator')\n"
+        "print(a.state, b.state)"
+    )
+    assert res["stdout"].split() == ["pending_approval", "rejected"]
+    r = await jp_fetch("qguard", "api", "jobs")
+    by_backend = {j["backend"]: j for j in json.loads(r.body)["jobs"]}
+    pending = by_backend["aer_hw"]
+    assert [f["code"] for f in pending["decision"]["lint"]["findings"]] == ["deep-circuit"]
+    assert pending["decision"]["notes"][0].startswith("lint: depth ")
+    rejected = by_backend["aer_simulator"]
+    assert rejected["reason"] == (
+        "lint: the circuit has no measurements, so a run would return no counts; "
+        "lint: the circuit uses 30 qubits; aer_simulator has 28"
+    )
+
+
+def test_a_circuit_wider_than_the_target_is_linted_not_rejected_as_unreadable():
+    qc = QuantumCircuit(40)
+    qc.h(0)
+    qc.measure_all()
+    facts = inspect_program("qpy", qpy_bytes(qc), "aer")
+    assert facts["transpiled"]["skipped"].startswith("40 qubits do not fit in ")
+    findings = lint(facts, backend="aer_hw", qubits=28, max_depth=10)["findings"]
+    assert [f["code"] for f in findings] == ["too-many-qubits"]
