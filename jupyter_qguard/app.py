@@ -128,6 +128,16 @@ class QGuardApp(ExtensionApp):
         "program that takes longer is rejected with that reason.",
     ).tag(config=True)
 
+    preflight_shots = Int(
+        1024, help="Most shots of the preflight simulation shown with a request for approval."
+    ).tag(config=True)
+
+    preflight_timeout_seconds = Float(
+        10.0,
+        help="Longest the preflight simulation may run; past it the request goes to the "
+        "approver without a preview, saying so.",
+    ).tag(config=True)
+
     sandbox_minimum = List(
         Unicode(),
         default_value=list(DEFAULT_MINIMUM),
@@ -221,7 +231,8 @@ class QGuardApp(ExtensionApp):
         return None
 
     def _providers(self) -> dict[str, Any]:
-        wanted = {spec["provider"] for spec in self.backends.values()}
+        # Aer is always there: it parses programs and runs the preflight preview.
+        wanted = {spec["provider"] for spec in self.backends.values()} | {"aer"}
         classes = provider_classes()
         missing = wanted - set(classes)
         if missing:
@@ -256,6 +267,8 @@ class QGuardApp(ExtensionApp):
             rate_window=self.rate_window_seconds,
             baseline_windows=self.rate_baseline_windows,
             lint_timeout=self.lint_timeout_seconds,
+            preflight_shots=self.preflight_shots,
+            preflight_timeout=self.preflight_timeout_seconds,
             channel_settings={
                 "max_request_bytes": self.channel_max_request_bytes,
                 "rate": self.channel_rate,

@@ -77,6 +77,8 @@ class Broker:
         rate_window: float = 600.0,
         baseline_windows: int = 6,
         lint_timeout: float = 30.0,
+        preflight_shots: int = 1024,
+        preflight_timeout: float = 10.0,
     ) -> None:
         self.store = store
         self.backends = backends
@@ -100,6 +102,8 @@ class Broker:
         # once, however often it is asked for.
         self._facts_cache: dict[tuple[str, str | None], Any] = {}
         self.lint_timeout = lint_timeout
+        self.preflight_shots = preflight_shots
+        self.preflight_timeout = preflight_timeout
         self.rate_window = rate_window
         self.baseline_windows = baseline_windows
 
@@ -476,6 +480,8 @@ class Broker:
                 job["id"], State.REJECTED, actor=BROKER, reason="; ".join(deny), **updates
             )
         needed = decision.approvals_required
+        if needed > 0:
+            record["preflight"] = await self._preflight(job, payload)
         if needed == 0:
             await self._move(
                 job["id"],
@@ -493,6 +499,36 @@ class Broker:
             detail={"why": f"the policy asks for {needed} approval(s)"},
             **updates,
         )
+
+    async def _preflight(self, job: dict[str, Any], payload: bytes) -> dict[str, Any]:
+        """Run the job on Aer before a person sees it, bounded in shots and time, so the
+        approver sees what the program does. (With the target's noise model once providers
+        supply one; noiseless until then.)"""
+        aer = self.providers.get("aer")
+        if aer is None or not hasattr(aer, "simulate"):
+            return {"skipped": "no local simulator is installed"}
+        shots = min(job["shots"], self.preflight_shots)
+        started = asyncio.get_running_loop().time()
+        try:
+            result = await asyncio.wait_for(
+                aer.simulate(
+                    job["program"]["format"],
+                    payload,
+                    shots=shots,
+                    seed=job["seed"] if job["seed"] is not None else 0,
+                ),
+                self.preflight_timeout,
+            )
+        except TimeoutError:
+            return {"skipped": f"the simulation took longer than {self.preflight_timeout:g} s"}
+        except Exception as exc:
+            return {"skipped": f"the simulation failed: {exc}"}
+        return {
+            "counts": result["counts"],
+            "shots": shots,
+            "noise_model": None,
+            "seconds": round(asyncio.get_running_loop().time() - started, 3),
+        }
 
     async def _reject(
         self, job: dict[str, Any], reason: str, decision: dict[str, Any] | None = None

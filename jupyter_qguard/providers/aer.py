@@ -71,6 +71,14 @@ class AerProvider(Provider):
             raise ProviderError(f"the program cannot be read as {program_format}: {exc}") from None
         return ProgramFacts(**facts)
 
+    async def simulate(
+        self, program_format: str, payload: bytes, *, shots: int, seed: int | None
+    ) -> dict[str, Any]:
+        """A local run for the preflight preview (not a job: nothing is recorded as submitted)."""
+        return await self._call(
+            aer_worker.run_program, program_format, payload, shots, seed, self.method
+        )
+
     async def submit(self, spec: RunSpec) -> str:
         provider_job_id = f"aer-{spec.job_id}"
         fut = asyncio.ensure_future(

@@ -235,3 +235,25 @@ async def _job(jp_fetch, job_id):
 async def _state(jp_fetch, job_id, state):
     job = await _job(jp_fetch, job_id)
     return job if job["state"] == state else None
+
+
+async def test_a_preflight_simulation_comes_with_the_request(start_kernel, jp_fetch):
+    k = await start_kernel()
+    await k.run(BELL)
+    await k.run("j = %qguard submit bell --backend aer_hw --shots 5000 --seed 4")
+    [job] = await jobs(jp_fetch, "pending_approval")
+    pre = job["decision"]["preflight"]
+    assert pre["shots"] == 1024 and pre["noise_model"] is None
+    assert set(pre["counts"]) == {"00", "11"} and sum(pre["counts"].values()) == 1024
+    # nothing reached a provider: the job's history has no submission
+    history = await _job(jp_fetch, job["id"])
+    assert [e["to"] for e in history["events"]] == ["received", "pending_approval"]
+
+
+@pytest.mark.parametrize("qguard_config", [{"preflight_timeout_seconds": 0.0001}], indirect=True)
+async def test_a_slow_preflight_is_skipped_not_blocking(start_kernel, jp_fetch):
+    k = await start_kernel()
+    await k.run(BELL)
+    await k.run("j = %qguard submit bell --backend aer_hw --shots 10")
+    [job] = await jobs(jp_fetch, "pending_approval")
+    assert job["decision"]["preflight"] == {"skipped": "the simulation took longer than 0.0001 s"}
