@@ -9,6 +9,29 @@ from __future__ import annotations
 import io
 from typing import Any
 
+# Built once per worker process: an AerSimulator's target (and a pass manager for it) costs
+# hundreds of milliseconds to make, and nothing to reuse.
+_SIMULATORS: dict[str, Any] = {}
+_PASS_MANAGERS: dict[str, Any] = {}
+
+
+def simulator(method: str = "automatic") -> Any:
+    if method not in _SIMULATORS:
+        from qiskit_aer import AerSimulator
+
+        _SIMULATORS[method] = AerSimulator(method=method)
+    return _SIMULATORS[method]
+
+
+def pass_manager(method: str = "automatic") -> Any:
+    if method not in _PASS_MANAGERS:
+        from qiskit.transpiler import generate_preset_pass_manager
+
+        _PASS_MANAGERS[method] = generate_preset_pass_manager(
+            optimization_level=1, target=simulator(method).target, seed_transpiler=0
+        )
+    return _PASS_MANAGERS[method]
+
 
 def load_circuit(program_format: str, payload: bytes) -> Any:
     if program_format == "qpy":
@@ -56,19 +79,20 @@ def transpiled_facts(qc: Any, target: str | None) -> dict[str, Any] | None:
     """Depth and two-qubit gates after transpiling to the backend's target (None: no target)."""
     if target != "aer":
         return None
-    from qiskit_aer import AerSimulator
-
-    return transpile_to(qc, AerSimulator(), target)
+    return transpile_to(qc, simulator(), target, pass_manager())
 
 
-def transpile_to(qc: Any, backend: Any, name: str) -> dict[str, Any]:
+def transpile_to(qc: Any, backend: Any, name: str, pm: Any = None) -> dict[str, Any]:
     from qiskit import transpile
 
     width = getattr(backend, "num_qubits", None)
     if width is not None and qc.num_qubits > width:
         # The too-many-qubits finding says it; there is nothing to transpile onto.
         return {"target": name, "skipped": f"{qc.num_qubits} qubits do not fit in {width}"}
-    tqc = transpile(qc, backend, optimization_level=1, seed_transpiler=0)
+    if pm is not None:
+        tqc = pm.run(qc)
+    else:
+        tqc = transpile(qc, backend, optimization_level=1, seed_transpiler=0)
     two_qubit = sum(1 for inst in tqc.data if inst.operation.num_qubits == 2)
     return {"target": name, "depth": tqc.depth(), "two_qubit_gates": two_qubit}
 
@@ -93,12 +117,9 @@ def inspect_program(
 def run_program(
     program_format: str, payload: bytes, shots: int, seed: int | None, method: str
 ) -> dict[str, Any]:
-    from qiskit import transpile
-    from qiskit_aer import AerSimulator
-
     qc = load_circuit(program_format, payload)
-    sim = AerSimulator(method=method)
-    compiled = transpile(qc, sim, seed_transpiler=seed)
+    sim = simulator(method)
+    compiled = pass_manager(method).run(qc)
     options: dict[str, Any] = {"shots": shots}
     if seed is not None:
         options["seed_simulator"] = seed
@@ -119,4 +140,5 @@ def warm_up() -> bool:
     import qiskit  # noqa: F401
     import qiskit_aer  # noqa: F401
 
+    pass_manager()
     return True
