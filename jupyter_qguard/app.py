@@ -210,13 +210,16 @@ class QGuardApp(ExtensionApp):
     # -- wiring ---------------------------------------------------------------------------
 
     def _check_state_dir(self) -> Path:
-        state = Path(self.state_dir).expanduser().resolve()
         root = Path(self.serverapp.root_dir).expanduser().resolve()
-        if state == root or root in state.parents:
-            raise ValueError(
-                f"QGuardApp.state_dir ({state}) is inside the server's root directory ({root}), "
-                "where agent kernels can write. Choose a directory outside it."
-            )
+        # The broker's state and the policy pack must be out of the agent's reach.
+        for setting in ("state_dir", "policy_dir"):
+            path = Path(getattr(self, setting)).expanduser().resolve()
+            if path == root or root in path.parents:
+                raise ValueError(
+                    f"QGuardApp.{setting} ({path}) is inside the server's root directory "
+                    f"({root}), where agent kernels can write. Choose a directory outside it."
+                )
+        state = Path(self.state_dir).expanduser().resolve()
         state.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o700)
         return state

@@ -35,3 +35,23 @@ def test_state_dir_inside_the_workspace_is_refused(jp_configurable_serverapp, jp
                 }
             )
         )
+
+
+def test_policy_dir_inside_the_workspace_is_refused(
+    jp_configurable_serverapp, jp_root_dir, tmp_path
+):
+    with pytest.raises(ValueError, match=r"QGuardApp.policy_dir .* is inside the server's root"):
+        jp_configurable_serverapp(
+            config=Config(
+                {
+                    "ServerApp": {
+                        "jpserver_extensions": {"jupyter_qguard": True},
+                        "reraise_server_extension_failures": True,
+                    },
+                    "QGuardApp": {
+                        "state_dir": str(tmp_path / "state"),
+                        "policy_dir": str(jp_root_dir / "policies"),
+                    },
+                }
+            )
+        )
