@@ -32,8 +32,6 @@ MS_PRIVATE = 0x40000
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
-PR_SET_NO_NEW_PRIVS = 38
-PR_GET_NO_NEW_PRIVS = 39
 
 _MACHINE = platform.machine()
 SYS_open_tree = 428
@@ -180,7 +178,3 @@ def effective_capabilities() -> int:
             if line.startswith("CapEff:"):
                 return int(line.split()[1], 16)
     return -1
-
-
-def no_new_privs() -> bool:
-    return prctl(PR_GET_NO_NEW_PRIVS) == 1
