@@ -86,9 +86,10 @@ class ApproveHandler(QGuardAPIHandler):
     @authorized
     async def post(self, job_id: str) -> None:
         body = self.json_body({"digest": str})
-        await self.job_or_404(job_id)
         try:
             job = await self.broker.approve(job_id, self.username, body["digest"])
+        except JobNotFound:
+            raise web.HTTPError(404, f"no job {job_id}") from None
         except (DigestMismatch, ApprovalRefused) as exc:
             raise web.HTTPError(409, str(exc)) from None
         except TransitionConflict as exc:
@@ -101,9 +102,10 @@ class DenyHandler(QGuardAPIHandler):
     @authorized
     async def post(self, job_id: str) -> None:
         body = self.json_body({"reason": str})
-        await self.job_or_404(job_id)
         try:
             job = await self.broker.deny(job_id, self.username, body["reason"].strip())
+        except JobNotFound:
+            raise web.HTTPError(404, f"no job {job_id}") from None
         except TransitionConflict as exc:
             raise web.HTTPError(409, str(exc)) from None
         self.finish(json.dumps(job))

@@ -110,7 +110,6 @@ def isolate(spec: SandboxSpec, report: dict[str, Any]) -> None:
 
 def confine(argv: list[str]) -> None:
     from . import identity, landlock, rlimits, seccomp
-    from .syscalls import effective_capabilities
 
     spec = SandboxSpec.from_env()
     report: dict[str, Any] = {}
@@ -118,11 +117,11 @@ def confine(argv: list[str]) -> None:
     report["env"] = {"active": True, "names": sorted(os.environ)}
 
     def nonroot() -> dict[str, Any]:
-        caps = effective_capabilities()
+        caps = identity.status_line("CapEff")
         if os.getuid() == 0 or os.geteuid() == 0:
             raise OSError("the kernel runs as root")
-        if caps != 0 or identity.status_line("CapPrm") != "0" * 16:
-            raise OSError(f"the kernel holds capabilities {caps:#x}")
+        if caps != "0" * 16 or identity.status_line("CapPrm") != "0" * 16:
+            raise OSError(f"the kernel holds capabilities {int(caps, 16):#x}")
         return {
             "active": True,
             "uid": os.getuid(),

@@ -19,7 +19,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from support.jupyter_proc import ServerProcess  # noqa: E402
+from support.jupyter_proc import ServerProcess, kernel_processes  # noqa: E402
 
 MODES = ["root", "user"]
 KEYRING_FILE = ".local/share/python_keyring/keyring_pass.cfg"
@@ -110,23 +110,12 @@ def _in_child_pidns(pid: str) -> bool:
 
 
 def kernel_host_pid(kernel_id: str) -> int:
-    """The host pid of a kernel's stage-two process (the one running ipykernel)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (
-            b"ipykernel_launcher" not in cmd
-            and b"jupyter_qguard.sandbox.launch" in cmd
-            and f"QGUARD_KERNEL_ID={kernel_id}".encode() in env
-            and _in_child_pidns(entry)
-        ):
-            return int(entry)
-    raise LookupError(kernel_id)
+    """The host pid of the kernel process itself (the newest of its processes inside its own
+    pid namespace: the namespace's init is forked before it)."""
+    inside = [p for p in kernel_processes(kernel_id) if _in_child_pidns(str(p))]
+    if not inside:
+        raise LookupError(kernel_id)
+    return max(inside)
 
 
 async def run_probes(world: World, probes: dict[str, str]) -> dict[str, Any]:
