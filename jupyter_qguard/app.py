@@ -54,8 +54,10 @@ class QGuardApp(ExtensionApp):
     backends = Dict(
         default_value=DEFAULT_BACKENDS,
         help="How this server reaches each backend: {name: {provider, qubits, description, "
-        "options}}. Whether a backend may be used, its tier and price are the policy pack's "
-        "(data.json, or policy_data).",
+        "options, snapshot}}. `snapshot` names a device calibration snapshot shipped with "
+        "qiskit-ibm-runtime (fake_brisbane, fake_torino, ...): lint transpiles to its target and "
+        "the preflight simulation uses its noise model. Whether a backend may be used, its "
+        "tier and price are the policy pack's (data.json, or policy_data).",
     ).tag(config=True)
 
     approval_ttl = Float(

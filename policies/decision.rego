@@ -2,7 +2,8 @@
 #
 # Input (see DESIGN.md, "Policy"): job, backend {name, provider, tier, qubits, price}, lint
 # {findings: [{severity, code, message}]}, cost {estimate, currency}, usage {spent_today,
-# jobs_window, baseline_window}, requester, workstation_tier.
+# jobs_window, baseline_window, kernel {id, jobs_window, baseline_window}}, requester,
+# workstation_tier.
 # Output: data.qguard.decision.decision = {allow, deny, approvals_required, mfa_required, notes}.
 # Every deny is a sentence a person can act on.
 package qguard.decision
@@ -70,11 +71,20 @@ deny contains msg if {
 	msg := sprintf("lint: %s", [finding.message])
 }
 
-burst_threshold := max([limits.burst_floor, limits.burst_factor * input.usage.baseline_window])
-
+# A burst is a count over the floor and over burst_factor times the usual count. (Two
+# comparisons rather than max(): regopy 1.5 orders numbers as text in max/min/sort.)
 deny contains msg if {
-	input.usage.jobs_window > burst_threshold
+	input.usage.jobs_window > limits.burst_floor
+	input.usage.jobs_window > limits.burst_factor * input.usage.baseline_window
 	msg := sprintf("%d jobs in the current window is far above the usual %d; wait, or ask an admin to raise the limit", [input.usage.jobs_window, input.usage.baseline_window])
+}
+
+# The same limit for each kernel on its own: a new agent kernel that floods the broker is
+# stopped even when its user's overall baseline is high.
+deny contains msg if {
+	input.usage.kernel.jobs_window > limits.burst_floor
+	input.usage.kernel.jobs_window > limits.burst_factor * input.usage.kernel.baseline_window
+	msg := sprintf("kernel %s: %d jobs in the current window is far above its usual %d; wait, or ask an admin to raise the limit", [input.usage.kernel.id, input.usage.kernel.jobs_window, input.usage.kernel.baseline_window])
 }
 
 # -- what is allowed, and with how many people ----------------------------------------------

@@ -40,6 +40,8 @@ log = logging.getLogger("jupyter_qguard.broker")
 
 BROKER = "broker"
 EXPIRED_REASON = "the approval window closed before anyone approved"
+# The default pack's burst denials (per requester and per kernel) say this; they raise an alert.
+BURST_MARK = "in the current window is far above"
 
 
 class JobNotFound(LookupError):
@@ -169,6 +171,10 @@ class Broker:
         self._probe = asyncio.ensure_future(self._run_probe())
         for provider in self.providers.values():
             await provider.start()
+        aer = self.providers.get("aer")
+        snapshots = {str(b["snapshot"]) for b in self.backends.values() if b.get("snapshot")}
+        if snapshots and hasattr(aer, "warm_snapshots"):
+            aer.warm_snapshots(snapshots)
         await self.recover()
 
     async def stop(self) -> None:
@@ -328,6 +334,7 @@ class Broker:
         fields = {
             "requester": requester,
             "requester_user": requester["user"],
+            "requester_kernel": kernel_id,
             "backend": request["backend"],
             "shots": request["shots"],
             "seed": request.get("seed"),
@@ -361,27 +368,40 @@ class Broker:
                 reason=f"internal error while checking: {exc}",
             )
 
-    def _inspector(self, backend: dict[str, Any] | None) -> Provider | None:
-        """Programs are parsed by a provider's workers, never in the server process: the
-        backend's own provider if it has one here, else any (Aer parses every format)."""
-        if backend is not None and backend.get("provider") in self.providers:
-            return self.providers[backend["provider"]]
-        return self.providers.get("aer") or next(iter(self.providers.values()), None)
+    @staticmethod
+    def lint_target(backend: dict[str, Any] | None) -> str | None:
+        """What to transpile to for lint: the device snapshot a backend names, Aer's own target
+        for a plain Aer backend, nothing for a backend with neither."""
+        if backend is None:
+            return None
+        if backend.get("snapshot"):
+            return str(backend["snapshot"])
+        return "aer" if backend.get("provider") == "aer" else None
 
-    def _usage(self, user: str) -> dict[str, Any]:
+    def _usage(self, user: str, kernel_id: str | None) -> dict[str, Any]:
         now = utcnow()
         window = dt.timedelta(seconds=self.rate_window)
         u = self.store.usage(
             user,
+            kernel_id=kernel_id,
             day_start=now.replace(hour=0, minute=0, second=0, microsecond=0),
             window_start=now - window,
             baseline_start=now - window * (1 + self.baseline_windows),
         )
-        return {
+        usage: dict[str, Any] = {
             "spent_today": round(u["spent_today"], 6),
             "jobs_window": u["jobs_window"],
             "baseline_window": round(u["jobs_baseline"] / self.baseline_windows),
         }
+        if kernel_id is not None:
+            # One kernel's own rate: a new agent kernel flooding the broker stands out even
+            # when its user's overall baseline is high.
+            usage["kernel"] = {
+                "id": kernel_id,
+                "jobs_window": u["kernel_jobs_window"],
+                "baseline_window": round(u["kernel_jobs_baseline"] / self.baseline_windows),
+            }
+        return usage
 
     async def policy_input(
         self, job: dict[str, Any], lint_report: dict[str, Any]
@@ -400,7 +420,9 @@ class Broker:
             },
             "lint": {"findings": lint_report["findings"]},
             "cost": estimate,
-            "usage": await self._db(self._usage, job["requester"]["user"]),
+            "usage": await self._db(
+                self._usage, job["requester"]["user"], job["requester"].get("kernel_id")
+            ),
             "requester": job["requester"],
             "workstation_tier": self.workstation_tier,
         }
@@ -408,10 +430,11 @@ class Broker:
     async def _check(self, job: dict[str, Any], payload: bytes) -> dict[str, Any]:
         """Lint, then policy: the policy decides, from the lint findings among the rest."""
         reach = self.backends.get(job["backend"])
-        inspector = self._inspector(reach)
-        if inspector is None:
+        # Programs are parsed and transpiled in Aer's worker processes, never in the server.
+        inspector = self.providers.get("aer")
+        if inspector is None or not hasattr(inspector, "inspect"):
             return await self._reject(job, "no provider is installed to read the program")
-        key = (job["program"]["sha256"], job["backend"] if reach else None)
+        key = (job["program"]["sha256"], self.lint_target(reach))
         facts = self._facts_cache.get(key)
         if facts is None:
             try:
@@ -452,7 +475,7 @@ class Broker:
             "usage": policy_input["usage"],
             "workstation_tier": self.workstation_tier,
         }
-        if any("jobs in the current window is far above" in d for d in deny):
+        if any(BURST_MARK in d for d in deny):
             self.events.publish(
                 {
                     "type": "alert",
@@ -502,11 +525,12 @@ class Broker:
 
     async def _preflight(self, job: dict[str, Any], payload: bytes) -> dict[str, Any]:
         """Run the job on Aer before a person sees it, bounded in shots and time, so the
-        approver sees what the program does. (With the target's noise model once providers
-        supply one; noiseless until then.)"""
+        approver sees what the program does: with the target device's noise model where its
+        backend names a calibration snapshot, noiseless otherwise."""
         aer = self.providers.get("aer")
         if aer is None or not hasattr(aer, "simulate"):
             return {"skipped": "no local simulator is installed"}
+        noise = (self.backends.get(job["backend"]) or {}).get("snapshot")
         shots = min(job["shots"], self.preflight_shots)
         started = asyncio.get_running_loop().time()
         try:
@@ -516,6 +540,7 @@ class Broker:
                     payload,
                     shots=shots,
                     seed=job["seed"] if job["seed"] is not None else 0,
+                    noise=noise,
                 ),
                 self.preflight_timeout,
             )
@@ -526,7 +551,7 @@ class Broker:
         return {
             "counts": result["counts"],
             "shots": shots,
-            "noise_model": None,
+            "noise_model": noise,
             "seconds": round(asyncio.get_running_loop().time() - started, 3),
         }
 
@@ -698,7 +723,10 @@ class Broker:
             shots=job["shots"],
             seed=job["seed"],
             idempotency_key=key,
-            options=dict(backend.get("options", {})),
+            options={
+                **backend.get("options", {}),
+                **({"snapshot": backend["snapshot"]} if backend.get("snapshot") else {}),
+            },
         )
         return job, spec, provider
 

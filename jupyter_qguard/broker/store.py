@@ -73,6 +73,8 @@ class Job(Base):
     requester: Mapped[dict[str, Any]] = mapped_column(JSON)
     # The requester's user, as a column so budgets and rates are SQL, not JSON paths.
     requester_user: Mapped[str] = mapped_column(String(256), index=True, default="")
+    # The kernel that asked (from the channel, never the kernel's word): per-kernel rates.
+    requester_kernel: Mapped[str] = mapped_column(String(64), index=True, default="")
     # The cost estimate: reserved against the budget while the job is approved, queued,
     # submitted or completed; released (not counted) if it fails or is cancelled.
     cost: Mapped[float] = mapped_column(Float, default=0.0)
@@ -324,12 +326,17 @@ class Store:
         self,
         user: str,
         *,
+        kernel_id: str | None = None,
         day_start: dt.datetime,
         window_start: dt.datetime,
         baseline_start: dt.datetime,
     ) -> dict[str, float | int]:
-        """What a user spent today and how many jobs they asked for recently."""
+        """What a user spent today and how many jobs they, and one kernel of theirs, asked for
+        in the current window and in the baseline before it."""
         from sqlalchemy import func
+
+        def count(*where: Any) -> int:
+            return int(session.scalar(select(func.count()).select_from(Job).where(*where)) or 0)
 
         with self._tx() as session:
             spent = session.scalar(
@@ -353,11 +360,19 @@ class Store:
                     Job.created_at < window_start,
                 )
             )
-        return {
+        out: dict[str, float | int] = {
             "spent_today": float(spent),
             "jobs_window": int(in_window),
             "jobs_baseline": int(in_baseline),
         }
+        if kernel_id is not None:
+            with self._tx() as session:
+                mine = Job.requester_kernel == kernel_id
+                out["kernel_jobs_window"] = count(mine, Job.created_at >= window_start)
+                out["kernel_jobs_baseline"] = count(
+                    mine, Job.created_at >= baseline_start, Job.created_at < window_start
+                )
+        return out
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         found = self.get_with_history(job_id)

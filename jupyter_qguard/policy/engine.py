@@ -9,6 +9,7 @@ numbers is refused at load: a decision must depend on its input and the pack, no
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -44,6 +45,24 @@ OUTPUT_SCHEMA = {
     },
 }
 _OUTPUT = jsonschema.Draft202012Validator(OUTPUT_SCHEMA)
+
+
+def _well_formed(result: Any) -> bool:
+    """The common case of OUTPUT_SCHEMA, checked by hand (the decision's hot path)."""
+    if type(result) is not dict:
+        return False
+    deny, notes = result.get("deny"), result.get("notes", [])
+    approvals = result.get("approvals_required")
+    return (
+        type(result.get("allow")) is bool
+        and type(result.get("mfa_required")) is bool
+        and type(approvals) is int
+        and 0 <= approvals <= 10
+        and type(deny) is list
+        and all(type(d) is str for d in deny)
+        and type(notes) is list
+        and all(type(n) is str for n in notes)
+    )
 
 
 class PolicyError(ValueError):
@@ -97,14 +116,33 @@ def _code_only(source: str) -> str:
     return "".join(out)
 
 
+_ORDERING_RE = re.compile(r"(?<![\w.])(max|min|sort)\s*\(")
+
+
+@functools.cache
+def numbers_ordered_as_text() -> bool:
+    """True when the installed regopy orders numbers as text in max/min/sort (regopy 1.5.2:
+    max([3, 15]) is 3). A limit computed that way would be silently wrong, so packs may not
+    use them there; comparisons (<, >) are correct."""
+    out = str(Interpreter().query("x := max([3, 15])"))
+    return '"x":15' not in out.replace(" ", "")
+
+
 def check_module(name: str, source: str) -> None:
     """Refuse modules that use builtins a decision must not depend on."""
+    ordering_broken = numbers_ordered_as_text()
     for lineno, line in enumerate(_code_only(source).splitlines(), 1):
         m = _FORBIDDEN_RE.search(line)
         if m:
             raise PolicyError(
                 f"{name}:{lineno} uses {m.group(1)}, which {FORBIDDEN[m.group(1)]}: a qguard "
                 "policy must decide from its input and its own data only"
+            )
+        m = _ORDERING_RE.search(line) if ordering_broken else None
+        if m:
+            raise PolicyError(
+                f"{name}:{lineno} uses {m.group(1)}(), which the installed regopy gets wrong for "
+                f"numbers (max([3, 15]) gives 3): compare with < and > instead"
             )
 
 
@@ -202,9 +240,12 @@ class PolicyEngine:
         if not expressions:
             return self._refuse("the policy gave no decision for this job (undefined)")
         result = expressions[0]
-        error = next(iter(_OUTPUT.iter_errors(result)), None)
-        if error is not None:
-            return self._refuse(f"the policy's decision is malformed: {error.message}")
+        if not _well_formed(result):
+            # jsonschema only on the rare malformed output: it names what is wrong, but costs
+            # an eighth of a whole decision.
+            error = next(iter(_OUTPUT.iter_errors(result)), None)
+            why = error.message if error is not None else "unexpected shape"
+            return self._refuse(f"the policy's decision is malformed: {why}")
         deny = sorted(result["deny"])
         allow = result["allow"] and not deny
         if not allow and not deny:

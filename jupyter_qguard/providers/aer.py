@@ -53,16 +53,23 @@ class AerProvider(Provider):
         futures: list[Future[bool]] = [pool.submit(aer_worker.warm_up) for _ in range(self.workers)]
         self._warm = [asyncio.wrap_future(f) for f in futures]
 
+    def warm_snapshots(self, names: set[str]) -> None:
+        """Load device snapshots and their noise models in the workers ahead of the first
+        job (seconds each), so a preflight is not cut short by its own warm-up."""
+        pool = self._executor()
+        for name in sorted(names):
+            for _ in range(self.workers):
+                pool.submit(aer_worker.warm_snapshot, name)
+
     async def stop(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
     async def inspect(
-        self, program_format: str, payload: bytes, backend: str | None = None
+        self, program_format: str, payload: bytes, target: str | None = None
     ) -> ProgramFacts:
-        # Every backend this provider runs is an Aer simulator: transpile to Aer's target.
-        target = "aer" if backend is not None else None
+        """Parse the program and, given a target ("aer" or a snapshot name), transpile to it."""
         try:
             facts = await self._call(aer_worker.inspect_program, program_format, payload, target)
         except ProviderError:
@@ -72,11 +79,18 @@ class AerProvider(Provider):
         return ProgramFacts(**facts)
 
     async def simulate(
-        self, program_format: str, payload: bytes, *, shots: int, seed: int | None
+        self,
+        program_format: str,
+        payload: bytes,
+        *,
+        shots: int,
+        seed: int | None,
+        noise: str | None = None,
     ) -> dict[str, Any]:
-        """A local run for the preflight preview (not a job: nothing is recorded as submitted)."""
+        """A local run for the preflight preview (not a job: nothing is recorded as submitted);
+        `noise`: a snapshot name whose noise model to apply."""
         return await self._call(
-            aer_worker.run_program, program_format, payload, shots, seed, self.method
+            aer_worker.run_program, program_format, payload, shots, seed, self.method, noise
         )
 
     async def submit(self, spec: RunSpec) -> str:
@@ -89,6 +103,8 @@ class AerProvider(Provider):
                 spec.shots,
                 spec.seed,
                 self.method,
+                # An Aer backend may stand in for a device: its snapshot's noise, then.
+                spec.options.get("snapshot"),
             )
         )
         self._running[provider_job_id] = fut

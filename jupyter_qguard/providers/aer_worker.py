@@ -13,6 +13,50 @@ from typing import Any
 # hundreds of milliseconds to make, and nothing to reuse.
 _SIMULATORS: dict[str, Any] = {}
 _PASS_MANAGERS: dict[str, Any] = {}
+_SNAPSHOTS: dict[str, Any] = {}
+_NOISY: dict[str, Any] = {}
+_SNAPSHOT_PASS_MANAGERS: dict[str, Any] = {}
+
+
+def snapshot(name: str) -> Any:
+    """A device snapshot (target, calibration, noise) shipped with qiskit-ibm-runtime, by its
+    backend name (`fake_brisbane`, `fake_torino`, ...). Loading one takes seconds: once per
+    process."""
+    if name not in _SNAPSHOTS:
+        from qiskit_ibm_runtime import fake_provider
+        from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
+
+        # By the class's backend_name: FakeProviderForBackendV2() would build all ~60 devices.
+        found = [
+            cls
+            for cls in vars(fake_provider).values()
+            if isinstance(cls, type)
+            and issubclass(cls, FakeBackendV2)
+            and getattr(cls, "backend_name", None) == name
+        ]
+        if not found:
+            raise ValueError(f"no calibration snapshot named {name!r} is installed")
+        _SNAPSHOTS[name] = found[0]()
+    return _SNAPSHOTS[name]
+
+
+def noisy_simulator(name: str) -> Any:
+    """Aer with the snapshot's noise model and coupling map."""
+    if name not in _NOISY:
+        from qiskit_aer import AerSimulator
+
+        _NOISY[name] = AerSimulator.from_backend(snapshot(name))
+    return _NOISY[name]
+
+
+def snapshot_pass_manager(name: str) -> Any:
+    if name not in _SNAPSHOT_PASS_MANAGERS:
+        from qiskit.transpiler import generate_preset_pass_manager
+
+        _SNAPSHOT_PASS_MANAGERS[name] = generate_preset_pass_manager(
+            optimization_level=1, target=snapshot(name).target, seed_transpiler=0
+        )
+    return _SNAPSHOT_PASS_MANAGERS[name]
 
 
 def simulator(method: str = "automatic") -> Any:
@@ -76,14 +120,18 @@ def clbits_read_before_written(qc: Any) -> list[int]:
 
 
 def transpiled_facts(qc: Any, target: str | None) -> dict[str, Any] | None:
-    """Depth and two-qubit gates after transpiling to the backend's target (None: no target)."""
-    if target != "aer":
+    """Depth and two-qubit gates after transpiling to the backend's target: "aer" (the local
+    simulator), a snapshot name (a device's target), or None (no target known: no facts)."""
+    if target is None:
         return None
-    return transpile_to(qc, simulator(), target, pass_manager())
+    if target == "aer":
+        return transpile_to(qc, simulator(), target, pass_manager())
+    return transpile_to(qc, snapshot(target), target, snapshot_pass_manager(target))
 
 
 def transpile_to(qc: Any, backend: Any, name: str, pm: Any = None) -> dict[str, Any]:
     from qiskit import transpile
+    from qiskit.circuit import Gate
 
     width = getattr(backend, "num_qubits", None)
     if width is not None and qc.num_qubits > width:
@@ -93,7 +141,10 @@ def transpile_to(qc: Any, backend: Any, name: str, pm: Any = None) -> dict[str, 
         tqc = pm.run(qc)
     else:
         tqc = transpile(qc, backend, optimization_level=1, seed_transpiler=0)
-    two_qubit = sum(1 for inst in tqc.data if inst.operation.num_qubits == 2)
+    # Gates only: a barrier across two qubits is not a two-qubit gate.
+    two_qubit = sum(
+        1 for i in tqc.data if i.operation.num_qubits == 2 and isinstance(i.operation, Gate)
+    )
     return {"target": name, "depth": tqc.depth(), "two_qubit_gates": two_qubit}
 
 
@@ -115,11 +166,20 @@ def inspect_program(
 
 
 def run_program(
-    program_format: str, payload: bytes, shots: int, seed: int | None, method: str
+    program_format: str,
+    payload: bytes,
+    shots: int,
+    seed: int | None,
+    method: str,
+    noise: str | None = None,
 ) -> dict[str, Any]:
+    """Simulate; with `noise` (a snapshot name), on that device's target with its noise
+    model, as the preflight preview of a hardware job."""
     qc = load_circuit(program_format, payload)
-    sim = simulator(method)
-    compiled = pass_manager(method).run(qc)
+    if noise is None:
+        sim, compiled = simulator(method), pass_manager(method).run(qc)
+    else:
+        sim, compiled = noisy_simulator(noise), snapshot_pass_manager(noise).run(qc)
     options: dict[str, Any] = {"shots": shots}
     if seed is not None:
         options["seed_simulator"] = seed
@@ -131,8 +191,19 @@ def run_program(
         "counts": {str(k): int(v) for k, v in counts.items()},
         "shots": shots,
         "seed": seed,
-        "simulator": {"name": "aer", "method": method, "time_taken": result.time_taken},
+        "simulator": {
+            "name": "aer",
+            "method": method if noise is None else "automatic",
+            "noise_model": noise,
+            "time_taken": result.time_taken,
+        },
     }
+
+
+def warm_snapshot(name: str) -> bool:
+    noisy_simulator(name)
+    snapshot_pass_manager(name)
+    return True
 
 
 def warm_up() -> bool:

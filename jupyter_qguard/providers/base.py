@@ -77,12 +77,6 @@ class Provider(LoggingConfigurable, metaclass=_ProviderMeta):
         """Release what `start` took."""
 
     @abstractmethod
-    async def inspect(
-        self, program_format: str, payload: bytes, backend: str | None = None
-    ) -> ProgramFacts:
-        """Parse the program (in a worker, never trusting the kernel) and report its facts."""
-
-    @abstractmethod
     async def submit(self, spec: RunSpec) -> str:
         """Hand the run to the provider; return the provider's job id."""
 

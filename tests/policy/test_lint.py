@@ -150,3 +150,34 @@ def test_a_circuit_wider_than_the_target_is_linted_not_rejected_as_unreadable():
     assert facts["transpiled"]["skipped"].startswith("40 qubits do not fit in ")
     findings = lint(facts, backend="aer_hw", qubits=28, max_depth=10)["findings"]
     assert [f["code"] for f in findings] == ["too-many-qubits"]
+
+
+def test_transpiled_to_a_device_snapshot_and_too_wide_for_it():
+    qc = QuantumCircuit(3)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.cx(0, 2)
+    qc.measure_all()
+    facts = inspect_program("qpy", qpy_bytes(qc), "fake_brisbane")
+    assert facts["transpiled"]["target"] == "fake_brisbane"
+    # ECR is Brisbane's only two-qubit gate; qubits 1 and 2 are not both next to 0 there, so
+    # routing may add swaps: at least the two CX, each at least one ECR
+    assert facts["transpiled"]["two_qubit_gates"] >= 2
+    wide = QuantumCircuit(128)
+    wide.h(0)
+    wide.measure_all()
+    wide_facts = inspect_program("qpy", qpy_bytes(wide), "fake_brisbane")
+    assert wide_facts["transpiled"] == {
+        "target": "fake_brisbane",
+        "skipped": "128 qubits do not fit in 127",
+    }
+    findings = lint(wide_facts, backend="ibm_brisbane", qubits=127)["findings"]
+    assert findings[0]["message"] == "the circuit uses 128 qubits; ibm_brisbane has 127"
+
+
+def test_an_unknown_snapshot_is_a_clear_error():
+    qc = QuantumCircuit(1, 1)
+    qc.measure(0, 0)
+    with pytest.raises(ValueError) as info:
+        inspect_program("qpy", qpy_bytes(qc), "fake_nowhere")
+    assert str(info.value) == "no calibration snapshot named 'fake_nowhere' is installed"

@@ -163,11 +163,51 @@ async def test_a_burst_is_denied_and_raises_an_alert(start_kernel, jp_ws_fetch, 
     assert alert["kind"] == "burst" and alert["usage"]["jobs_window"] == 4
     rejected = await jobs(jp_fetch, "rejected")
     # jobs 1–3 fit under the floor of 3; the 4th and 5th are a burst (the count includes them)
+    # a single kernel: its own count is the user's, so both limits say so
     assert sorted(j["reason"] for j in rejected) == [
         f"{n} jobs in the current window is far above the usual 0; wait, or ask an admin to "
-        "raise the limit"
+        f"raise the limit; kernel {k.id}: {n} jobs in the current window is far above "
+        "its usual 0; wait, or ask an admin to raise the limit"
         for n in (4, 5)
     ]
+
+
+@pytest.mark.parametrize(
+    "qguard_config",
+    [
+        {
+            "rate_window_seconds": 3,
+            "rate_baseline_windows": 1,
+            "policy_data": {"limits": {"burst_floor": 3, "burst_factor": 5}},
+        }
+    ],
+    indirect=True,
+)
+async def test_a_new_kernel_bursting_is_denied_though_its_user_is_within_limits(
+    start_kernel, jp_fetch
+):
+    submit_n = (
+        "from jupyter_qguard.kernel.jobs import submit\n"
+        "states = [submit(bell, backend='aer_simulator', shots=5).state for _ in range({n})]\n"
+        "print(states)"
+    )
+    a, b = await start_kernel(), await start_kernel()
+    await a.run(BELL)
+    await b.run(BELL)
+    assert (await a.run(submit_n.format(n=3)))["stdout"].count("queued") == 3
+    # a's jobs move into the baseline window: the user's usual is now 3 a window (limit 15),
+    # while kernel b has no history (limit: the floor of 3)
+    await asyncio.sleep(3.2)
+    res = await b.run(submit_n.format(n=4))
+    assert res["stdout"].strip() == str(["queued"] * 3 + ["rejected"])
+    (rejected,) = await jobs(jp_fetch, "rejected")
+    assert rejected["requester"]["kernel_id"] == b.id
+    assert rejected["reason"] == (
+        f"kernel {b.id}: 4 jobs in the current window is far above its usual 0; wait, "
+        "or ask an admin to raise the limit"
+    )
+    assert rejected["decision"]["usage"]["jobs_window"] == 4
+    assert rejected["decision"]["usage"]["baseline_window"] == 3
 
 
 @pytest.mark.parametrize("qguard_config", [{"workstation_tier": "sandbox"}], indirect=True)
@@ -248,6 +288,34 @@ async def test_a_preflight_simulation_comes_with_the_request(start_kernel, jp_fe
     # nothing reached a provider: the job's history has no submission
     history = await _job(jp_fetch, job["id"])
     assert [e["to"] for e in history["events"]] == ["received", "pending_approval"]
+
+
+BRISBANE = {
+    "backends": {
+        "aer_simulator": {"provider": "aer", "qubits": 28},
+        "aer_brisbane": {"provider": "aer", "qubits": 127, "snapshot": "fake_brisbane"},
+    },
+    "policy_data": {"backends": {"aer_brisbane": {"tier": "hardware", "provider": "aer"}}},
+    "preflight_timeout_seconds": 60,
+}
+
+
+@pytest.mark.parametrize("qguard_config", [BRISBANE], indirect=True)
+async def test_preflight_and_lint_use_the_target_devices_snapshot(start_kernel, jp_fetch):
+    k = await start_kernel()
+    await k.run(BELL)
+    await k.run("j = %qguard submit bell --backend aer_brisbane --shots 4000 --seed 7")
+    [job] = await jobs(jp_fetch, "pending_approval")
+    pre = job["decision"]["preflight"]
+    assert pre["shots"] == 1024 and pre["noise_model"] == "fake_brisbane"
+    assert sum(pre["counts"].values()) == 1024
+    # the device's noise: mostly 00 and 11, and some of the outcomes a noiseless Bell never gives
+    assert pre["counts"]["00"] + pre["counts"]["11"] > 900
+    assert pre["counts"].get("01", 0) + pre["counts"].get("10", 0) > 0
+    transpiled = job["decision"]["lint"]["facts"]["transpiled"]
+    # Brisbane's two-qubit gate is ECR: the CX becomes one ECR plus single-qubit rotations
+    assert transpiled["target"] == "fake_brisbane" and transpiled["two_qubit_gates"] == 1
+    assert transpiled["depth"] > job["decision"]["lint"]["facts"]["depth"]
 
 
 @pytest.mark.parametrize("qguard_config", [{"preflight_timeout_seconds": 0.0001}], indirect=True)

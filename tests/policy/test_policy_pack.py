@@ -7,8 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from jupyter_qguard.policy.engine import PolicyEngine, PolicyError
+from jupyter_qguard.policy.engine import _OUTPUT, PolicyEngine, PolicyError, _well_formed
 
 PACK = Path(__file__).resolve().parents[2] / "policies"
 
@@ -30,6 +32,10 @@ OWN_MAX = "the estimated cost, {c} USD, is over the request's own max_cost of {m
 BUDGET = "this job would bring today's spending for ada to {t} USD, over the daily budget of 200.00"
 BURST = (
     "{n} jobs in the current window is far above the usual {b}; "
+    "wait, or ask an admin to raise the limit"
+)
+KBURST = (
+    "kernel {k}: {n} jobs in the current window is far above its usual {b}; "
     "wait, or ask an admin to raise the limit"
 )
 TWO = "tier premium: 2 different people must approve, none of them the requester"
@@ -246,6 +252,15 @@ CASES = {
         False,
         [],
     ),
+    "a baseline whose limit has more digits than the floor": (
+        # five times 30 is 150, over the floor of 20 (as text, "150" sorts below "20")
+        {"usage.jobs_window": 100, "usage.baseline_window": 30},
+        True,
+        [],
+        1,
+        False,
+        [],
+    ),
     "burst over five times the baseline": (
         {"usage.jobs_window": 51, "usage.baseline_window": 10},
         False,
@@ -259,6 +274,38 @@ CASES = {
         False,
         [BURST.format(n=400, b=3)],
         0,
+        False,
+        [],
+    ),
+    "kernel at the floor": (
+        {"usage.kernel": {"id": "k1", "jobs_window": 20, "baseline_window": 0}},
+        True,
+        [],
+        1,
+        False,
+        [],
+    ),
+    "new kernel bursting while its user's baseline is high": (
+        {
+            "usage.jobs_window": 21,
+            "usage.baseline_window": 10,
+            "usage.kernel": {"id": "k1", "jobs_window": 21, "baseline_window": 0},
+        },
+        False,
+        [KBURST.format(k="k1", n=21, b=0)],
+        1,
+        False,
+        [],
+    ),
+    "kernel busy within five times its own baseline": (
+        {
+            "usage.jobs_window": 30,
+            "usage.baseline_window": 10,
+            "usage.kernel": {"id": "k1", "jobs_window": 30, "baseline_window": 6},
+        },
+        True,
+        [],
+        1,
         False,
         [],
     ),
@@ -462,3 +509,59 @@ def test_reload_picks_up_an_edit_and_keeps_the_last_good_pack(tmp_path):
     assert engine.decide(case({"job.shots": 11})).deny == [
         "11 shots is more than the limit of 10 per job"
     ]
+
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 12),
+    st.floats(allow_nan=False, width=32),
+    st.text(max_size=3),
+    st.lists(st.one_of(st.text(max_size=3), st.integers(0, 3)), max_size=3),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["allow", "deny", "approvals_required", "mfa_required", "notes", "x"]),
+        _values,
+    )
+)
+def test_fast_output_check_agrees_with_the_schema(result):
+    # The hot path checks the decision by hand; it must accept exactly what the schema accepts.
+    assert _well_formed(result) == _OUTPUT.is_valid(result)
+
+
+def test_max_is_refused_while_regopy_orders_numbers_as_text(tmp_path):
+    from jupyter_qguard.policy.engine import numbers_ordered_as_text
+
+    pack = tmp_path / "maxed"
+    pack.mkdir()
+    (pack / "p.rego").write_text(
+        "package qguard.decision\n\n# max() in a comment is fine\n"
+        "limit := max([data.limits.burst_floor, 3])\n"
+    )
+    if not numbers_ordered_as_text():
+        # a fixed regopy: the pack loads and max() is numeric
+        assert PolicyEngine(pack).version
+        return
+    with pytest.raises(PolicyError) as info:
+        PolicyEngine(pack)
+    assert str(info.value) == (
+        "p.rego:4 uses max(), which the installed regopy gets wrong for numbers "
+        "(max([3, 15]) gives 3): compare with < and > instead"
+    )
+
+
+def test_the_installed_pack_is_this_pack():
+    # The server's default policy_dir is the copy `pip install` puts under sys.prefix; an edit
+    # of policies/ reaches it only by installing again (`make test` does).
+    import sys
+
+    installed = Path(sys.prefix) / "share" / "jupyter_qguard" / "policies"
+    for source in sorted(PACK.iterdir()):
+        copy_ = installed / source.name
+        assert copy_.is_file() and copy_.read_bytes() == source.read_bytes(), (
+            f"{copy_} differs from {source}: run `pip install -e .` again"
+        )
