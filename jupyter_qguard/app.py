@@ -60,6 +60,17 @@ class QGuardApp(ExtensionApp):
         "tier and price are the policy pack's (data.json, or policy_data).",
     ).tag(config=True)
 
+    keyring_backend = Unicode(
+        "",
+        help="Keyring backend holding provider credentials (service 'jupyter-qguard'), as a "
+        "dotted class path, e.g. keyrings.alt.file.PlaintextKeyring. Empty: the OS keyring "
+        "that `keyring` picks. `jupyter qguard credentials` reads the same setting.",
+    ).tag(config=True)
+
+    keyring_backend_options = Dict(
+        help="Properties set on the keyring backend, e.g. {'file_path': '/path/keyring.cfg'}.",
+    ).tag(config=True)
+
     approval_ttl = Float(
         3600.0,
         help="Seconds a request may wait for approval before it expires.",
@@ -132,6 +143,13 @@ class QGuardApp(ExtensionApp):
 
     preflight_shots = Int(
         1024, help="Most shots of the preflight simulation shown with a request for approval."
+    ).tag(config=True)
+
+    backend_refresh_seconds = Float(
+        60.0,
+        help="Seconds between asking the providers about their devices (status, calibration "
+        "snapshot id). A job records the calibration known when it was checked; a run on a "
+        "different one is marked as calibration drift in its result.",
     ).tag(config=True)
 
     preflight_timeout_seconds = Float(
@@ -235,6 +253,15 @@ class QGuardApp(ExtensionApp):
             return session["path"]
         return None
 
+    def credential_store(self) -> Any:
+        from .credentials import CredentialStore, backend_from_name
+
+        if not self.keyring_backend:
+            return CredentialStore()
+        return CredentialStore(
+            backend_from_name(self.keyring_backend, **self.keyring_backend_options)
+        )
+
     def _providers(self) -> dict[str, Any]:
         # Aer is always there: it parses programs and runs the preflight preview.
         wanted = {spec["provider"] for spec in self.backends.values()} | {"aer"}
@@ -242,7 +269,13 @@ class QGuardApp(ExtensionApp):
         missing = wanted - set(classes)
         if missing:
             self.log.warning("qguard: no provider installed for %s", ", ".join(sorted(missing)))
-        return {name: classes[name](parent=self, log=self.log) for name in wanted & set(classes)}
+        store = self.credential_store()
+        providers = {
+            name: classes[name](parent=self, log=self.log) for name in wanted & set(classes)
+        }
+        for provider in providers.values():
+            provider.credentials = store
+        return providers
 
     def initialize_settings(self) -> None:
         self._check_state_dir()
@@ -298,13 +331,18 @@ class QGuardApp(ExtensionApp):
         self._sweeper = asyncio.ensure_future(self._sweep_expired())
 
     async def _sweep_expired(self) -> None:
+        loop = asyncio.get_running_loop()
+        refreshed = loop.time()
         while True:
-            await asyncio.sleep(self.expiry_check_interval)
+            await asyncio.sleep(min(self.expiry_check_interval, self.backend_refresh_seconds))
             try:
                 self.broker.reload_policy()
                 await self.broker.expire_stale()
+                if loop.time() - refreshed >= self.backend_refresh_seconds:
+                    refreshed = loop.time()
+                    await self.broker.refresh_backends()
             except Exception:
-                self.log.exception("qguard: expiry sweep failed")
+                self.log.exception("qguard: periodic sweep failed")
 
     async def stop_extension(self) -> None:
         sweeper = getattr(self, "_sweeper", None)

@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from traitlets import Bool, Int, Unicode
 
 from ._version import __version__
+from .fakecloud.command import FakeCloudCommand
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, int]]) -> str:
@@ -224,6 +225,101 @@ class PolicyCommand(JupyterApp):
         super().start()
 
 
+class CredentialsSubcommand(QGuardCommand):
+    """Base of `credentials ...`: the keyring backend is the server's (QGuardApp settings)."""
+
+    def store(self) -> Any:
+        return self.qguard_settings().credential_store()
+
+    def provider_arg(self) -> str:
+        if len(self.extra_args) != 1:
+            self.log.error(
+                "usage: jupyter qguard credentials %s PROVIDER", self.name.split("-")[-1]
+            )
+            self.exit(2)
+        return str(self.extra_args[0])
+
+
+class CredentialsSetCommand(CredentialsSubcommand):
+    name = "jupyter-qguard-credentials-set"
+    description = (
+        "Store a provider's credential in the keyring (prompted twice, never echoed; read from "
+        "stdin when it is not a terminal)."
+    )
+
+    def start(self) -> None:
+        from . import credentials
+
+        provider = self.provider_arg()
+        self.exit(credentials.cli_set(self.store(), provider, stdin_isatty=sys.stdin.isatty()))
+
+
+class CredentialsListCommand(CredentialsSubcommand):
+    name = "jupyter-qguard-credentials-list"
+    description = "List the providers with a credential in the keyring, with a fingerprint."
+
+    def start(self) -> None:
+        from . import credentials
+
+        print(credentials.cli_list(self.store()))
+
+
+class CredentialsDeleteCommand(CredentialsSubcommand):
+    name = "jupyter-qguard-credentials-delete"
+    description = "Delete a provider's credential from the keyring."
+
+    def start(self) -> None:
+        from . import credentials
+
+        self.exit(credentials.cli_delete(self.store(), self.provider_arg()))
+
+
+class CredentialsImportCommand(CredentialsSubcommand):
+    name = "jupyter-qguard-credentials-import"
+    # The list of places lives with the code that reads them (credentials.py).
+    description = "Move plaintext credentials into the keyring; asks before deleting a file."
+    overwrite = Bool(False, help="Replace a different value already in the keyring.").tag(
+        config=True
+    )
+    flags = {
+        "overwrite": (
+            {"CredentialsImportCommand": {"overwrite": True}},
+            "Replace a different value already in the keyring.",
+        )
+    }
+
+    def start(self) -> None:
+        from . import credentials
+
+        self.exit(
+            credentials.cli_import(
+                self.store(),
+                Path.home(),
+                os.environ,
+                credentials.ask_yes_no,
+                overwrite=self.overwrite,
+            )
+        )
+
+
+class CredentialsCommand(JupyterApp):
+    name = "jupyter-qguard-credentials"
+    version = __version__
+    description = "Provider credentials in the OS keyring (service jupyter-qguard)."
+    subcommands = {
+        "set": (CredentialsSetCommand, CredentialsSetCommand.description),
+        "list": (CredentialsListCommand, CredentialsListCommand.description),
+        "delete": (CredentialsDeleteCommand, CredentialsDeleteCommand.description),
+        "import": (CredentialsImportCommand, CredentialsImportCommand.description),
+    }
+
+    def start(self) -> None:
+        if self.subapp is None:
+            self.print_help()
+            self.exit(2)
+        super().start()
+
+
 class QGuardCLI(JupyterApp):
     name = "jupyter-qguard"
     version = __version__
@@ -235,6 +331,8 @@ class QGuardCLI(JupyterApp):
         "jobs": (JobsCommand, JobsCommand.description),
         "doctor": (DoctorCommand, DoctorCommand.description),
         "policy": (PolicyCommand, PolicyCommand.description),
+        "credentials": (CredentialsCommand, CredentialsCommand.description),
+        "fakecloud": (FakeCloudCommand, FakeCloudCommand.description),
     }
 
     def start(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -43,7 +44,48 @@ def test_help_and_bare_command(tmp_path):
     r = run("--help", home=tmp_path)
     assert r.returncode == 0 and "jobs" in r.stdout
     r = run(home=tmp_path)
-    assert r.returncode == 2 and "Subcommands: doctor, jobs" in r.stdout
+    assert r.returncode == 2
+    assert "Subcommands: credentials, doctor, fakecloud, jobs, policy" in r.stdout
+
+
+def test_credentials_set_list_delete_through_the_servers_keyring_setting(tmp_path):
+    # The CLI reads QGuardApp.keyring_backend from the server's config, as the server does.
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    keyring_file = tmp_path / "keyring.cfg"
+    (cfg / "jupyter_server_config.json").write_text(
+        json.dumps(
+            {
+                "QGuardApp": {
+                    "keyring_backend": "keyrings.alt.file.PlaintextKeyring",
+                    "keyring_backend_options": {"file_path": str(keyring_file)},
+                }
+            }
+        )
+    )
+    env = {**os.environ, "HOME": str(tmp_path), "JUPYTER_CONFIG_DIR": str(cfg)}
+    secret = "fc-key-5d41402abc4b2a76b9719d911017c592"
+    r = subprocess.run(
+        [EXE, "qguard", "credentials", "set", "fakecloud"],
+        input=secret + "\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert secret not in r.stdout + r.stderr
+    # keyrings.alt's plaintext file keeps values base64-encoded
+    assert base64.b64encode(secret.encode()).decode() in keyring_file.read_text()
+    listed = run("credentials", "list", home=tmp_path)
+    assert listed.returncode == 0
+    [header, row] = listed.stdout.strip().splitlines()
+    assert header.split() == ["PROVIDER", "FINGERPRINT"]
+    assert row.split()[0] == "fakecloud" and len(row.split()[1]) == 8
+    assert secret not in listed.stdout
+    assert run("credentials", "delete", "fakecloud", home=tmp_path).returncode == 0
+    again = run("credentials", "list", home=tmp_path)
+    assert "fakecloud" not in again.stdout
 
 
 def test_jobs_lists_the_store_as_a_table_and_json(tmp_path):

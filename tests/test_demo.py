@@ -35,7 +35,8 @@ async def test_demo_notebook_runs_and_waits_for_approval(tmp_path):
             assert res["error"] is None, (cell, res)
         assert "'11'" in (await kernel.run("print(counts)"))["stdout"]
         pending = (await server.json("qguard/api/jobs?state=pending_approval"))["jobs"]
-        assert [j["backend"] for j in pending] == ["aer_as_hardware"]
+        assert [j["backend"] for j in pending] == ["fake_brisbane"]
+        assert pending[0]["decision"]["preflight"]["noise_model"] == "fake_brisbane"
         last = asyncio.ensure_future(kernel.run(code[-1]))
         await asyncio.sleep(0.5)
         assert not last.done()

@@ -108,6 +108,8 @@ class Broker:
         self.preflight_timeout = preflight_timeout
         self.rate_window = rate_window
         self.baseline_windows = baseline_windows
+        # What providers last said of their devices, by backend name (status, calibration id).
+        self.reported: dict[str, dict[str, Any]] = {}
 
     @property
     def policy_version(self) -> str:
@@ -175,7 +177,25 @@ class Broker:
         snapshots = {str(b["snapshot"]) for b in self.backends.values() if b.get("snapshot")}
         if snapshots and hasattr(aer, "warm_snapshots"):
             aer.warm_snapshots(snapshots)
+        # In the background: a provider that is down must not keep the server from starting.
+        self._spawn(self.refresh_backends(), "refresh-backends")
         await self.recover()
+
+    async def refresh_backends(self) -> None:
+        """Ask each provider what it says of its devices; keep the last good answer."""
+        for name, provider in self.providers.items():
+            try:
+                reports = await asyncio.wait_for(provider.backends(), 15)
+            except Exception as exc:
+                log.warning("qguard: provider %s did not list its backends: %s", name, exc)
+                continue
+            for report in reports:
+                remote = report.get("name")
+                for backend, spec in self.backends.items():
+                    if spec.get("provider") == name and (
+                        spec.get("options", {}).get("remote_name", backend) == remote
+                    ):
+                        self.reported[backend] = report
 
     async def stop(self) -> None:
         if self._probe is not None:
@@ -292,16 +312,24 @@ class Broker:
     # -- submit ---------------------------------------------------------------------------
 
     def backend_list(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": name,
-                "provider": spec.get("provider"),
-                "tier": self.policy.data.get("backends", {}).get(name, {}).get("tier"),
-                "qubits": spec.get("qubits"),
-                "description": spec.get("description", ""),
-            }
-            for name, spec in sorted(self.backends.items())
-        ]
+        """Each backend: how it is reached (config), its tier (policy) and what its provider
+        last reported (qubits, status, calibration snapshot)."""
+        out = []
+        for name, spec in sorted(self.backends.items()):
+            report = self.reported.get(name, {})
+            out.append(
+                {
+                    "name": name,
+                    "provider": spec.get("provider"),
+                    "tier": self.policy.data.get("backends", {}).get(name, {}).get("tier"),
+                    "qubits": spec.get("qubits") or report.get("num_qubits"),
+                    "target": self.lint_target(spec),
+                    "status": report.get("status"),
+                    "calibration_id": report.get("calibration_id"),
+                    "description": spec.get("description", ""),
+                }
+            )
+        return out
 
     def _bound_files(
         self, requested: dict[str, str | None], notebook: str | None
@@ -474,6 +502,8 @@ class Broker:
             "cost": policy_input["cost"],
             "usage": policy_input["usage"],
             "workstation_tier": self.workstation_tier,
+            # The device calibration the approver sees; the run reports its own.
+            "calibration_id": self.reported.get(job["backend"], {}).get("calibration_id"),
         }
         if any(BURST_MARK in d for d in deny):
             self.events.publish(
@@ -771,6 +801,19 @@ class Broker:
         await self._complete(job_id, result)
 
     async def _complete(self, job_id: str, result: dict[str, Any]) -> None:
+        job = await self.get(job_id)
+        checked = (job.get("decision") or {}).get("calibration_id")
+        ran = (result.get("provider") or {}).get("calibration_id")
+        if checked and ran and checked != ran:
+            result = {
+                **result,
+                "calibration_drift": {
+                    "checked_with": checked,
+                    "ran_with": ran,
+                    "note": "the device was recalibrated after this job was checked and "
+                    "approved; the preflight preview used the earlier calibration",
+                },
+            }
         try:
             await self._move(
                 job_id,

@@ -1,7 +1,8 @@
 """`make demo`: JupyterLab with the guard, a sample notebook and the embedded defaults.
 
-State goes to the usual place (<jupyter data dir>/qguard, SQLite); the workspace is a folder
-of its own so the demo never touches the user's files.
+State goes to the usual place (<jupyter data dir>/qguard, SQLite); the fake cloud, its state
+and the demo's file keyring to <jupyter data dir>/qguard-demo; the workspace is a folder of its
+own so the demo never touches the user's files.
 """
 
 from __future__ import annotations
@@ -9,9 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
+import signal
+import subprocess
 import sys
 from importlib.resources import files
 from pathlib import Path
+
+from jupyter_core.paths import jupyter_data_dir
+
+from ..credentials import CredentialStore, backend_from_name, store_key_file
 
 DEMO_BACKENDS = {
     "aer_simulator": {
@@ -19,18 +27,43 @@ DEMO_BACKENDS = {
         "qubits": 28,
         "description": "Qiskit Aer on this machine; runs without approval.",
     },
-    "aer_as_hardware": {
-        "provider": "aer",
-        "qubits": 28,
-        "description": "Aer, treated as hardware so the demo shows the approval step.",
+    "fake_brisbane": {
+        "provider": "fakecloud",
+        "qubits": 127,
+        "snapshot": "fake_brisbane",
+        "description": "The loopback fake cloud's Brisbane (tier hardware: one approval).",
+    },
+    "fake_torino": {
+        "provider": "fakecloud",
+        "qubits": 133,
+        "snapshot": "fake_torino",
+        "description": "The fake cloud's Torino (tier premium: two approvers and MFA).",
     },
 }
-# The policy pack decides tiers: give the stand-in the hardware tier (one approval, free).
-DEMO_POLICY_DATA = {
-    "backends": {
-        "aer_as_hardware": {"tier": "hardware", "provider": "aer", "price": {"model": "free"}}
-    }
-}
+KEYRING = "keyrings.alt.file.PlaintextKeyring"
+
+
+def start_fake_cloud(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The loopback fake cloud, with its own state and API key under `home`."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyter_qguard.fakecloud",
+            "--port",
+            "0",
+            "--state-dir",
+            str(home / "fakecloud"),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 120)
+    if not ready:
+        proc.kill()
+        raise SystemExit("qguard demo: the fake cloud did not start within 120 s")
+    info = json.loads(proc.stdout.readline())
+    return proc, info["url"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,6 +80,16 @@ def main(argv: list[str] | None = None) -> None:
     if not sample.exists():
         sample.write_bytes(files("jupyter_qguard.demo").joinpath("qguard-demo.ipynb").read_bytes())
 
+    # The embedded defaults: the demo's own file keyring (outside the workspace, where agent
+    # kernels cannot read), holding the fake cloud's key, so "hardware" works out of the box.
+    home = Path(jupyter_data_dir()) / "qguard-demo"
+    (home / "fakecloud").mkdir(parents=True, exist_ok=True)
+    cloud, cloud_url = start_fake_cloud(home)
+    keyring_options = {"file_path": str(home / "keyring.cfg")}
+    store = CredentialStore(backend_from_name(KEYRING, **keyring_options))
+    fingerprint = store_key_file(store, "fakecloud", home / "fakecloud" / "api_key")
+    print(f"qguard demo: fake cloud at {cloud_url}, its key in the keyring ({fingerprint})")
+
     cmd = [
         sys.executable,
         "-m",
@@ -55,7 +98,9 @@ def main(argv: list[str] | None = None) -> None:
         f"--ServerApp.port={args.port}",
         "--ServerApp.ip=127.0.0.1",
         f"--QGuardApp.backends={json.dumps(DEMO_BACKENDS)}",
-        f"--QGuardApp.policy_data={json.dumps(DEMO_POLICY_DATA)}",
+        f"--QGuardApp.keyring_backend={KEYRING}",
+        f"--QGuardApp.keyring_backend_options={json.dumps(keyring_options)}",
+        f"--FakeCloudProvider.url={cloud_url}",
         "--LabApp.default_url=/lab/tree/qguard-demo.ipynb",
         *passthrough,
     ]
@@ -74,7 +119,22 @@ def main(argv: list[str] | None = None) -> None:
         f"http://127.0.0.1:{args.port}/qguard/api/jobs/JOB_ID/approve"
     )
     sys.stdout.flush()
-    os.execv(sys.executable, cmd)
+    lab = subprocess.Popen(cmd)
+
+    def forward(signum: int, _frame: object) -> None:
+        lab.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        code = lab.wait()
+    finally:
+        cloud.terminate()
+        try:
+            cloud.wait(20)
+        except subprocess.TimeoutExpired:
+            cloud.kill()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,14 @@ class Provider(LoggingConfigurable, metaclass=_ProviderMeta):
     #: short by a broker restart may simply be run again with the same seed.
     local: bool = False
 
+    #: The server's `credentials.CredentialStore`, set by the app. Providers pass it to
+    #: `credentials` functions and never read a secret themselves.
+    credentials: Any = None
+
+    async def backends(self) -> list[dict[str, Any]]:
+        """What the provider reports of its devices: name, num_qubits, calibration_id, ..."""
+        return []
+
     async def start(self) -> None:
         """Warm up (connections, worker processes). Called once when the broker starts."""
 

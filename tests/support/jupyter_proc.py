@@ -140,8 +140,26 @@ class ServerProcess:
         )
         return await websocket_connect(req)
 
-    async def start_kernel(self, name: str = "qguard-agent") -> KernelWS:
-        kernel = await self.json("api/kernels", method="POST", body={"name": name})
+    async def start_kernel(
+        self, name: str = "qguard-agent", notebook: str | None = None
+    ) -> KernelWS:
+        """A kernel, attached to a notebook session when `notebook` (a path in the workspace,
+        created empty if missing) is given: its jobs are then the notebook's."""
+        if notebook is None:
+            kernel = await self.json("api/kernels", method="POST", body={"name": name})
+        else:
+            nb = self.root / notebook
+            if not nb.exists():
+                nb.write_text(
+                    json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+                )
+            body = {
+                "path": notebook,
+                "type": "notebook",
+                "name": notebook,
+                "kernel": {"name": name},
+            }
+            kernel = (await self.json("api/sessions", method="POST", body=body))["kernel"]
         ws = await self.websocket(f"api/kernels/{kernel['id']}/channels")
         k = KernelWS(kernel["id"], ws)
         await k.wait_ready()
