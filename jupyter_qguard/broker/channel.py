@@ -122,6 +122,7 @@ def kernel_view(job: dict[str, Any]) -> dict[str, Any]:
         "seed": job["seed"],
         "reason": job.get("reason"),
         "approvals_required": decision.get("approvals_required"),
+        "approvals_given": job.get("approvals_given", 0),
         "created_at": job["created_at"],
         "updated_at": job["updated_at"],
     }

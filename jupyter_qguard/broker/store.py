@@ -93,6 +93,8 @@ class Job(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     provider_job_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # Distinct approvers of the current digest, kept with the job so a status read is one row.
+    approvals_given: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
 
 
@@ -147,6 +149,7 @@ def _job_dict(job: Job) -> dict[str, Any]:
         "reason": job.reason,
         "result": job.result,
         "provider_job_id": job.provider_job_id,
+        "approvals_given": job.approvals_given or 0,
     }
 
 
@@ -252,7 +255,9 @@ class Store:
                     Approval.job_id == job_id, Approval.digest == digest
                 )
             ).all()
-            return len(set(rows))
+            given = len(set(rows))
+            session.execute(update(Job).where(Job.id == job_id).values(approvals_given=given))
+            return given
 
     # -- reads ----------------------------------------------------------------------------
 

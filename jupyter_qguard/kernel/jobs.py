@@ -46,8 +46,12 @@ def describe(status: dict[str, Any]) -> str:
     state = status["state"]
     text = f"qguard job {status['id'][:12]} on {status['backend']}: {state}"
     if state == "pending_approval":
-        n = status.get("approvals_required") or 1
-        text += f" — waiting for {n} approval(s) in the qguard panel of JupyterLab"
+        needed = status.get("approvals_required") or 1
+        left = max(1, needed - (status.get("approvals_given") or 0))
+        text += (
+            f" — waiting for {left} more approval(s) of {needed}: in JupyterLab's qguard panel, "
+            f"or POST /qguard/api/jobs/{status['id']}/approve"
+        )
     if status.get("reason"):
         text += f" — {status['reason']}"
     return text
@@ -113,10 +117,39 @@ class QGuardJob:
         return self._status
 
 
+def current_cell_id() -> str | None:
+    """The id of the cell being run (from the execute request's metadata), if any: kept with
+    the job for orientation only (the kernel's word, never used for a decision)."""
+    try:
+        from IPython import get_ipython
+
+        kernel = getattr(get_ipython(), "kernel", None)
+        parent = kernel.get_parent("shell") if kernel is not None else None
+    except Exception:
+        return None
+    return ((parent or {}).get("metadata") or {}).get("cellId")
+
+
 def to_counts(result: dict[str, Any]) -> Any:
     from qiskit.result import Counts
 
     return Counts(result["counts"])
+
+
+def encode_qasm(
+    text: str, *, sdk: str = "qiskit", program_format: str = "qasm2", source: str | None = None
+) -> dict[str, Any]:
+    """An OpenQASM program (PennyLane tapes arrive this way) as a `qguard.job/v1` program."""
+    payload = text.encode("utf-8")
+    program = {
+        "sdk": sdk,
+        "format": program_format,
+        "payload_b64": base64.b64encode(payload).decode("ascii"),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+    }
+    if source:
+        program["source"] = source[:200000]
+    return program
 
 
 def submit(
@@ -131,10 +164,37 @@ def submit(
     cell_id: str | None = None,
     broker: BrokerClient | None = None,
 ) -> QGuardJob:
+    """Send a Qiskit circuit to the broker; returns at once with the job."""
+    return submit_program(
+        encode_circuit(circuit, source=source),
+        backend=backend,
+        shots=shots,
+        seed=seed,
+        max_cost=max_cost,
+        files=files,
+        cell_id=cell_id,
+        broker=broker,
+    )
+
+
+def submit_program(
+    program: dict[str, Any],
+    *,
+    backend: str,
+    shots: int,
+    seed: int | None = None,
+    max_cost: float | None = None,
+    files: dict[str, str | None] | None = None,
+    cell_id: str | None = None,
+    broker: BrokerClient | None = None,
+) -> QGuardJob:
+    """Send an encoded program (`encode_circuit`, `encode_qasm`) to the broker."""
     broker = broker or client()
+    if cell_id is None:
+        cell_id = current_cell_id()
     request: dict[str, Any] = {
         "schema": "qguard.job/v1",
-        "program": encode_circuit(circuit, source=source),
+        "program": program,
         "backend": backend,
         "shots": shots,
         "seed": seed,

@@ -8,10 +8,10 @@ import shlex
 from typing import Any
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.display import display
 
 from .client import QGuardError, client
 from .jobs import QGuardJob, describe, submit, to_counts
+from .waiting import StatusLine, wait_for_counts
 
 USAGE = """\
 %qguard submit CIRCUIT --backend NAME --shots N [--seed S] [--wait] [--timeout SEC]
@@ -119,25 +119,10 @@ class QGuardMagics(Magics):
             cell_id=self._cell_id(),
         )
         self.shell.user_ns["qguard_last_job"] = job
-        line = display(_Line(describe(job._status)), display_id=True)
+        line = StatusLine(job)
         if not args.wait:
             return job
-
-        def show(status: dict[str, Any]) -> None:
-            if line is not None:
-                line.update(_Line(describe(status)))
-
-        try:
-            return job.result(timeout=args.timeout, on_change=show)
-        except KeyboardInterrupt:
-            show(
-                {
-                    **job._status,
-                    "reason": "stopped waiting (the job goes on; "
-                    f"`%qguard status {job.job_id}`, `%qguard cancel {job.job_id}`)",
-                }
-            )
-            raise
+        return wait_for_counts(job, timeout=args.timeout, line=line)
 
     def _current_cell_source(self) -> str | None:
         hist = self.shell.user_ns.get("In")
@@ -174,13 +159,9 @@ class QGuardMagics(Magics):
         return client().call("whoami", {})
 
 
-class _Line:
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
-
-
 def load_ipython_extension(ipython: Any) -> None:
+    from . import ibm_runtime
+
     ipython.register_magics(QGuardMagics)
+    # Code written for qiskit-ibm-runtime talks to the broker instead of IBM's cloud.
+    ibm_runtime.install()

@@ -131,7 +131,7 @@ def transpiled_facts(qc: Any, target: str | None) -> dict[str, Any] | None:
 
 def transpile_to(qc: Any, backend: Any, name: str, pm: Any = None) -> dict[str, Any]:
     from qiskit import transpile
-    from qiskit.circuit import Gate
+    from qiskit.converters import circuit_to_dag
 
     width = getattr(backend, "num_qubits", None)
     if width is not None and qc.num_qubits > width:
@@ -141,26 +141,39 @@ def transpile_to(qc: Any, backend: Any, name: str, pm: Any = None) -> dict[str, 
         tqc = pm.run(qc)
     else:
         tqc = transpile(qc, backend, optimization_level=1, seed_transpiler=0)
-    # Gates only: a barrier across two qubits is not a two-qubit gate.
-    two_qubit = sum(
-        1 for i in tqc.data if i.operation.num_qubits == 2 and isinstance(i.operation, Gate)
-    )
-    return {"target": name, "depth": tqc.depth(), "two_qubit_gates": two_qubit}
+    # On the DAG (Rust): a 127-qubit circuit's depth takes 0.4 s the Python way, 4 ms here.
+    # two_qubit_ops() leaves out directives: a barrier across two qubits is not a gate.
+    dag = circuit_to_dag(tqc, copy_operations=False)
+    return {"target": name, "depth": depth(tqc, dag), "two_qubit_gates": len(dag.two_qubit_ops())}
+
+
+def depth(qc: Any, dag: Any = None) -> int:
+    """The circuit's depth, on the DAG (Rust) unless control flow makes that ambiguous there;
+    QuantumCircuit.depth() counts a control-flow block as one operation."""
+    from qiskit.converters import circuit_to_dag
+
+    if qc.has_control_flow_op():
+        return int(qc.depth())
+    return int((dag if dag is not None else circuit_to_dag(qc, copy_operations=False)).depth())
 
 
 def inspect_program(
     program_format: str, payload: bytes, target: str | None = None
 ) -> dict[str, Any]:
+    from qiskit.circuit import CONTROL_FLOW_OP_NAMES
+
     qc = load_circuit(program_format, payload)
     ops = {str(k): int(v) for k, v in qc.count_ops().items()}
+    # Only control flow reads classical bits: skip the scan of plain circuits.
+    conditional = any(name in CONTROL_FLOW_OP_NAMES for name in ops)
     return {
         "num_qubits": qc.num_qubits,
         "num_clbits": qc.num_clbits,
-        "depth": qc.depth(),
+        "depth": depth(qc),
         "has_measurements": ops.get("measure", 0) > 0,
         "num_parameters": qc.num_parameters,
         "operations": ops,
-        "clbits_read_before_written": clbits_read_before_written(qc),
+        "clbits_read_before_written": clbits_read_before_written(qc) if conditional else [],
         "transpiled": transpiled_facts(qc, target),
     }
 
