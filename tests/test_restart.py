@@ -18,6 +18,25 @@ HW = [
 ]
 
 
+def children_of(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 async def _until(server: ServerProcess, job_id: str, state: str, timeout: float = 90) -> dict:
     for _ in range(int(timeout / 0.2)):
         job = await server.json(f"qguard/api/jobs/{job_id}")
@@ -42,13 +61,22 @@ async def test_pending_job_survives_restart_and_runs_once(tmp_path, how):
         kernel.close()
     finally:
         old_pid = server.proc.pid
+        # the simulator's worker processes (the preflight ran in them)
+        workers = [p for p in children_of(old_pid) if "spawn_main" in cmdline(p)]
         server.stop(how)
+    assert len(workers) >= 1
     # The kernel does not outlive the server that guarded it, even after kill -9.
     for _ in range(50):
         if not kernel_processes(kernel.id):
             break
         await asyncio.sleep(0.1)
     assert kernel_processes(kernel.id) == []
+    # Nor do the simulator workers: no orphans holding hundreds of megabytes each.
+    for _ in range(50):
+        if not [p for p in workers if Path(f"/proc/{p}").exists()]:
+            break
+        await asyncio.sleep(0.1)
+    assert [p for p in workers if Path(f"/proc/{p}").exists()] == []
 
     server = ServerProcess(tmp_path, extra_args=HW).start()
     try:

@@ -43,7 +43,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
         {State.APPROVED, State.DENIED, State.EXPIRED, State.VOIDED, State.CANCELLED}
     ),
     State.APPROVED: frozenset({State.QUEUED, State.VOIDED, State.CANCELLED}),
-    State.QUEUED: frozenset({State.SUBMITTED, State.CANCELLED, State.FAILED}),
+    # queued → voided: a bound file changed after approval, found by the re-hash before submit.
+    State.QUEUED: frozenset({State.SUBMITTED, State.CANCELLED, State.FAILED, State.VOIDED}),
     State.SUBMITTED: frozenset({State.COMPLETED, State.FAILED}),
 }
 

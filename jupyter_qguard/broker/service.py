@@ -760,9 +760,36 @@ class Broker:
         )
         return job, spec, provider
 
+    def _changed_files(self, files: dict[str, str]) -> list[str]:
+        """Bound files whose hash is no longer the one in the job (missing ones included)."""
+        changed = []
+        for rel, bound in sorted(files.items()):
+            try:
+                now = file_hash(resolve_in_workspace(self.workspace_root, rel))
+            except WorkspacePathError:
+                now = None
+            if now != bound:
+                changed.append(rel)
+        return changed
+
     async def _execute(self, job_id: str) -> None:
         try:
             job, spec, provider = await self._spec(job_id)
+            if int((job.get("decision") or {}).get("approvals_required") or 0) > 0:
+                # The last look before anything leaves: a person approved these files' contents,
+                # and a change the watcher missed (or made while it was down) voids that.
+                changed = await self._db(self._changed_files, job["files"])
+                if changed:
+                    await self._move(
+                        job_id,
+                        State.VOIDED,
+                        actor=BROKER,
+                        expect={State.QUEUED},
+                        reason=f"{', '.join(changed)} changed after the approval; the request "
+                        "must be approved again",
+                        detail={"changed": changed},
+                    )
+                    return
             # queued → submitted first: only one executor can win this compare-and-set, so a
             # job is handed to a provider at most once even if two tasks race for it.
             await self._move(

@@ -32,6 +32,7 @@ from typing import Any
 
 # The same program parsing and device snapshots as the broker's Aer workers.
 from ..providers.aer_worker import load_circuit, snapshot
+from ..workers import exit_with_parent
 
 # Backends the fake cloud offers, by the snapshot class that stands in for each.
 SNAPSHOTS = {"fake_brisbane": "FakeBrisbane", "fake_torino": "FakeTorino"}
@@ -57,8 +58,10 @@ class SimulationError(RuntimeError):
 
 
 def init_worker() -> None:
-    """Ctrl-C in a terminal reaches the whole process group; the server decides when to stop."""
+    """Ctrl-C in a terminal reaches the whole process group; the server decides when to stop.
+    A killed server takes its workers with it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent()
 
 
 def snapshot_backend(name: str) -> Any:

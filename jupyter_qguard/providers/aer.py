@@ -10,6 +10,7 @@ from typing import Any
 
 from traitlets import Int, Unicode
 
+from ..workers import exit_with_parent
 from . import aer_worker
 from .base import ProgramFacts, Provider, ProviderError, RunSpec
 
@@ -33,7 +34,9 @@ class AerProvider(Provider):
         if self._pool is None:
             # spawn, not fork: the server process has threads and an event loop.
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=ctx, initializer=exit_with_parent
+            )
         return self._pool
 
     async def _call(self, fn: Any, *args: Any) -> Any:
