@@ -12,6 +12,7 @@ BENCHMARKS = [
     "sandbox_overhead.py",
     "policy_decision.py",
     "lint_time.py",
+    "watch_latency.py",
 ]
 
 

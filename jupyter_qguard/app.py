@@ -11,7 +11,7 @@ from typing import Any
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from tornado import web
-from traitlets import Dict, Float, Int, List, Type, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Float, Int, List, Type, Unicode, default, validate
 
 from ._version import __version__
 from .broker import runtime
@@ -24,6 +24,7 @@ from .sandbox import rlimits
 from .sandbox.environment import DEFAULT_ALLOWLIST
 from .sandbox.provisioner import sweep_stale_kernel_dirs
 from .sandbox.spec import DEFAULT_MINIMUM, LAYERS
+from .watch.watcher import DEFAULT_IGNORE
 
 DEFAULT_BACKENDS: dict[str, dict[str, Any]] = {
     "aer_simulator": {
@@ -32,6 +33,10 @@ DEFAULT_BACKENDS: dict[str, dict[str, Any]] = {
         "description": "Qiskit Aer, on this machine.",
     },
 }
+
+
+# The snapshot store is pruned this often (a walk of its objects).
+PRUNE_EVERY_SECONDS = 3600.0
 
 
 class QGuardApp(ExtensionApp):
@@ -119,6 +124,49 @@ class QGuardApp(ExtensionApp):
     policy_data = Dict(
         help="Data merged over the pack's data.json (for example more backends with their tier "
         "and price). Part of the policy version, so changing it voids pending approvals.",
+    ).tag(config=True)
+
+    watch_enabled = Bool(
+        True,
+        help="Watch the workspace: record every file change with its author (an agent kernel "
+        "or the person) and a snapshot, void approvals whose files change, allow reverts.",
+    ).tag(config=True)
+
+    watch_ignore = List(
+        Unicode(),
+        default_value=list(DEFAULT_IGNORE),
+        help="Glob patterns (relative to the workspace) the watcher ignores.",
+    ).tag(config=True)
+
+    watch_debounce_seconds = Float(
+        0.2, help="Quiet time after the last write before a change is reported."
+    ).tag(config=True)
+
+    snapshot_max_file_bytes = Int(
+        16 * 1024 * 1024,
+        help="Largest file whose contents are kept in the snapshot store (larger: hash only).",
+    ).tag(config=True)
+
+    snapshot_max_total_bytes = Int(
+        1024 * 1024 * 1024, help="Size cap of the snapshot store (least recently used go first)."
+    ).tag(config=True)
+
+    snapshot_max_age_seconds = Float(
+        7 * 24 * 3600.0,
+        help="Snapshots older than this are pruned, unless a file's current content or a "
+        "recent change still refers to them.",
+    ).tag(config=True)
+
+    secret_scan = Enum(
+        ["block", "warn", "off"],
+        default_value="block",
+        help="Scan the workspace for likely secrets (detect-secrets; notebooks by cell) before "
+        "an agent kernel starts, and each changed file: `block` refuses to start the kernel and "
+        "names the file, cell and line (never the value); `warn` starts it and raises an alert.",
+    ).tag(config=True)
+
+    secret_scan_max_bytes = Int(
+        5 * 1024 * 1024, help="Files larger than this are not scanned for secrets."
     ).tag(config=True)
 
     workstation_tier = Unicode(
@@ -313,6 +361,13 @@ class QGuardApp(ExtensionApp):
                 "burst": self.channel_burst,
             },
         )
+        self.broker.secret_scan = {
+            "mode": self.secret_scan,
+            "ignore": list(self.watch_ignore),
+            "max_bytes": self.secret_scan_max_bytes,
+            "max_files": 50000,
+        }
+        self._fingerprint_key()
         self.settings["qguard_broker"] = self.broker
         runtime.set_current(self.broker)
         self.log.info(
@@ -328,11 +383,13 @@ class QGuardApp(ExtensionApp):
         for path in sweep_stale_kernel_dirs(self.kernel_runtime_root):
             self.log.info("qguard: removed %s, left by a server that no longer runs", path)
         await self.broker.start()
+        if self.watch_enabled:
+            await self._start_watching()
         self._sweeper = asyncio.ensure_future(self._sweep_expired())
 
     async def _sweep_expired(self) -> None:
         loop = asyncio.get_running_loop()
-        refreshed = loop.time()
+        refreshed = pruned = loop.time()
         while True:
             await asyncio.sleep(min(self.expiry_check_interval, self.backend_refresh_seconds))
             try:
@@ -341,13 +398,65 @@ class QGuardApp(ExtensionApp):
                 if loop.time() - refreshed >= self.backend_refresh_seconds:
                     refreshed = loop.time()
                     await self.broker.refresh_backends()
+                tracker = getattr(self, "tracker", None)
+                if tracker is not None and loop.time() - pruned >= PRUNE_EVERY_SECONDS:
+                    pruned = loop.time()
+                    await tracker.prune()
             except Exception:
                 self.log.exception("qguard: periodic sweep failed")
+
+    def _fingerprint_key(self) -> None:
+        """Secret-scan fingerprints keyed per server (stable across restarts, useless
+        elsewhere): the key lives in the state dir, which kernels cannot read."""
+        from .watch import secrets
+
+        path = Path(self.state_dir) / "secret-fingerprint.key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(os.urandom(32))
+        secrets.set_fingerprint_key(path.read_bytes())
+
+    def _agent_activity(self) -> dict[str, tuple[str, float]]:
+        """(execution state, last activity) of each agent kernel, as the server sees them."""
+        out = {}
+        for kernel_id in list(self.broker.kernels):
+            try:
+                km = self.serverapp.kernel_manager.get_kernel(kernel_id)
+            except KeyError:
+                continue
+            last = getattr(km, "last_activity", None)
+            out[kernel_id] = (
+                str(getattr(km, "execution_state", "")),
+                last.timestamp() if last is not None else 0.0,
+            )
+        return out
+
+    async def _start_watching(self) -> None:
+        from .watch.tracker import ChangeTracker
+
+        self.tracker = ChangeTracker(
+            broker=self.broker,
+            root=self.serverapp.root_dir,
+            objects_dir=Path(self.state_dir) / "objects",
+            agent_activity=self._agent_activity,
+            person=self.broker.user,
+            ignore=list(self.watch_ignore),
+            debounce_seconds=self.watch_debounce_seconds,
+            max_file_bytes=self.snapshot_max_file_bytes,
+            max_total_bytes=self.snapshot_max_total_bytes,
+            max_age_seconds=self.snapshot_max_age_seconds,
+        )
+        self.broker.tracker = self.tracker
+        await self.tracker.start()
 
     async def stop_extension(self) -> None:
         sweeper = getattr(self, "_sweeper", None)
         if sweeper is not None:
             sweeper.cancel()
+        tracker = getattr(self, "tracker", None)
+        if tracker is not None:
+            await tracker.stop()
         runtime.set_current(None)
         broker = getattr(self, "broker", None)  # absent if initialization failed
         if broker is not None:

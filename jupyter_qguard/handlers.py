@@ -7,6 +7,7 @@ tests/test_handlers_auth.py walks ROUTES and fails if one is reachable without b
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from typing import Any
 
@@ -22,6 +23,7 @@ from .broker.store import TransitionConflict
 
 JOBS = "qguard:jobs"
 SANDBOX = "qguard:sandbox"
+CHANGES = "qguard:changes"
 _JOB_ID = r"(?P<job_id>[0-9a-f]{32})"
 
 
@@ -164,11 +166,74 @@ class EventsHandler(
             self.settings["qguard_broker"].events.unsubscribe(self._queue)
 
 
+class ChangesBase(QGuardAPIHandler):
+    auth_resource = CHANGES
+
+    @property
+    def tracker(self) -> Any:
+        tracker = self.broker.tracker
+        if tracker is None:
+            raise web.HTTPError(404, "the workspace watcher is off (QGuardApp.watch_enabled)")
+        return tracker
+
+
+class ChangesHandler(ChangesBase):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        """?since=<change id> or ?since=<ISO time>; ?limit= (≤ 1000)."""
+        since = self.get_query_argument("since", "")
+        since_id, since_time = 0, None
+        try:
+            if since.isdigit():
+                since_id = int(since)
+            elif since:
+                since_time = dt.datetime.fromisoformat(since.replace("Z", "+00:00"))
+                if since_time.tzinfo is None:
+                    since_time = since_time.replace(tzinfo=dt.UTC)
+            limit = min(max(int(self.get_query_argument("limit", "200")), 1), 1000)
+        except ValueError:
+            raise web.HTTPError(
+                400, "since must be a change id or an ISO 8601 time; limit an integer"
+            ) from None
+        changes = await self.tracker.list(since_id=since_id, since=since_time, limit=limit)
+        self.finish(json.dumps({"changes": changes}))
+
+
+class ChangeHandler(ChangesBase):
+    @web.authenticated
+    @authorized
+    async def get(self, change_id: str) -> None:
+        try:
+            change = await self.tracker.get(int(change_id))
+        except KeyError:
+            raise web.HTTPError(404, f"no change {change_id}") from None
+        self.finish(json.dumps(change))
+
+
+class RevertHandler(ChangesBase):
+    @web.authenticated
+    @authorized
+    async def post(self, change_id: str) -> None:
+        from .watch.tracker import ChangeError
+
+        try:
+            out = await self.tracker.revert(int(change_id), self.username)
+        except KeyError:
+            raise web.HTTPError(404, f"no change {change_id}") from None
+        except ChangeError as exc:
+            raise web.HTTPError(409, str(exc)) from None
+        self.finish(json.dumps(out))
+
+
 ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     (r"/qguard/api/jobs", JobsHandler),
     (rf"/qguard/api/jobs/{_JOB_ID}", JobHandler),
     (rf"/qguard/api/jobs/{_JOB_ID}/approve", ApproveHandler),
     (rf"/qguard/api/jobs/{_JOB_ID}/deny", DenyHandler),
     (r"/qguard/api/sandbox", SandboxHandler),
+    (r"/qguard/api/changes", ChangesHandler),
+    (r"/qguard/api/changes/(?P<change_id>[0-9]+)", ChangeHandler),
+    (r"/qguard/api/changes/(?P<change_id>[0-9]+)/revert", RevertHandler),
     (r"/qguard/api/events", EventsHandler),
 ]

@@ -56,6 +56,10 @@ class BrokerError(RuntimeError):
     pass
 
 
+class SecretsInWorkspace(PermissionError):
+    """Likely secrets in the workspace an agent kernel would read; the message names where."""
+
+
 class ApprovalRefused(ValueError):
     """The approval cannot be applied (policy, two-person rule, MFA); the job stays pending."""
 
@@ -110,6 +114,10 @@ class Broker:
         self.baseline_windows = baseline_windows
         # What providers last said of their devices, by backend name (status, calibration id).
         self.reported: dict[str, dict[str, Any]] = {}
+        # The workspace change feed (watch.tracker.ChangeTracker), when the app runs one.
+        self.tracker: Any = None
+        # {mode: block|warn|off, ignore, max_bytes, max_files}: the scan before agent kernels.
+        self.secret_scan: dict[str, Any] = {"mode": "off"}
 
     @property
     def policy_version(self) -> str:
@@ -759,6 +767,76 @@ class Broker:
             },
         )
         return job, spec, provider
+
+    async def scan_for_secrets(self) -> dict[str, Any] | None:
+        """Scan the workspace before an agent kernel starts. In mode `block`, findings (or a
+        scan cut short) raise SecretsInWorkspace; in `warn` they are logged and raise an alert."""
+        mode = self.secret_scan.get("mode", "off")
+        if mode == "off":
+            return None
+        from ..watch import secrets
+
+        report = await asyncio.to_thread(
+            secrets.scan_workspace,
+            Path(self.workspace_root),
+            ignore=self.secret_scan.get("ignore", secrets.DEFAULT_IGNORE),
+            max_bytes=int(self.secret_scan.get("max_bytes", 5 << 20)),
+            max_files=int(self.secret_scan.get("max_files", 50000)),
+        )
+        found = [f.describe() for f in report.findings]
+        if not found and not report.truncated:
+            return report.as_dict()
+        where = "; ".join(found[:10]) + (f"; and {len(found) - 10} more" if len(found) > 10 else "")
+        text = (
+            f"the workspace holds {len(found)} likely secret(s) an agent kernel could read: "
+            f"{where}. Move credentials to the keyring (`jupyter qguard credentials set ...`) "
+            "and out of the workspace"
+            if found
+            else f"the secret scan stopped after {report.files_scanned} files: the workspace "
+            "was not fully checked"
+        )
+        self.events.publish({"type": "alert", "kind": "secrets", "findings": found})
+        if mode == "block":
+            raise SecretsInWorkspace(
+                f"qguard: {text}, or set QGuardApp.secret_scan = 'warn' to start anyway."
+            )
+        log.warning("qguard: %s", text)
+        return report.as_dict()
+
+    async def void_for_changes(self, changes: list[dict[str, Any]]) -> list[str]:
+        """Void the approval of every pending or approved job bound to a file that changed
+        (compared by the bound hash: a notebook saved with new outputs only is the same)."""
+        by_path = {c["path"]: c for c in changes}
+        voided = []
+        for job in await self._db(
+            self.store.list,
+            states=[State.PENDING_APPROVAL.value, State.APPROVED.value],
+            limit=100000,
+        ):
+            touched = {p: h for p, h in job["files"].items() if p in by_path}
+            if not touched:
+                continue
+            changed = await self._db(self._changed_files, touched)
+            if not changed:
+                continue
+            first = by_path[changed[0]]
+            reason = (
+                f"{', '.join(changed)} changed after the request (change #{first['id']} by "
+                f"{first['actor']}); the request must be approved again"
+            )
+            try:
+                await self._move(
+                    job["id"],
+                    State.VOIDED,
+                    actor=BROKER,
+                    reason=reason,
+                    expect={State.PENDING_APPROVAL, State.APPROVED},
+                    detail={"changes": [by_path[p]["id"] for p in changed]},
+                )
+                voided.append(job["id"])
+            except TransitionConflict:
+                pass
+        return voided
 
     def _changed_files(self, files: dict[str, str]) -> list[str]:
         """Bound files whose hash is no longer the one in the job (missing ones included)."""

@@ -120,6 +120,52 @@ class Approval(Base):
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
+class WorkspaceChange(Base):
+    """One file change the watcher saw, with who made it (an agent kernel or the person)."""
+
+    __tablename__ = "qguard_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    path: Mapped[str] = mapped_column(Text, index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    before_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    after_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    before_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    before_stored: Mapped[bool] = mapped_column(default=False)
+    after_stored: Mapped[bool] = mapped_column(default=False)
+    # "kernel:<id>" when an agent kernel was executing at the time, else "user:<name>".
+    actor: Mapped[str] = mapped_column(String(256))
+    kernels: Mapped[list[str]] = mapped_column(JSON, default=list)
+    moved_from: Mapped[str | None] = mapped_column(Text, nullable=True)
+    moved_to: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The change this one undid (POST .../revert), if it is a revert.
+    reverts: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+def _change_dict(c: WorkspaceChange) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "at": c.at.isoformat(),
+        "seen_at": c.seen_at.isoformat(),
+        "path": c.path,
+        "kind": c.kind,
+        "before_sha": c.before_sha,
+        "after_sha": c.after_sha,
+        "before_size": c.before_size,
+        "size": c.size,
+        "before_stored": c.before_stored,
+        "after_stored": c.after_stored,
+        "actor": c.actor,
+        "kernels": list(c.kernels or []),
+        "moved_from": c.moved_from,
+        "moved_to": c.moved_to,
+        "reverts": c.reverts,
+    }
+
+
 class TransitionConflict(RuntimeError):
     """The job was not in a state from which the requested transition is allowed."""
 
@@ -378,6 +424,40 @@ class Store:
                     mine, Job.created_at >= baseline_start, Job.created_at < window_start
                 )
         return out
+
+    # -- workspace changes ----------------------------------------------------------------
+
+    def add_changes(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        with self._tx() as session:
+            objs = [WorkspaceChange(**row) for row in rows]
+            session.add_all(objs)
+            session.flush()
+            return [_change_dict(o) for o in objs]
+
+    def changes(
+        self, *, since_id: int = 0, since: dt.datetime | None = None, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        with self._tx() as session:
+            q = select(WorkspaceChange).where(WorkspaceChange.id > since_id)
+            if since is not None:
+                q = q.where(WorkspaceChange.at >= since)
+            q = q.order_by(WorkspaceChange.id).limit(limit)
+            return [_change_dict(o) for o in session.scalars(q)]
+
+    def change(self, change_id: int) -> dict[str, Any] | None:
+        with self._tx() as session:
+            obj = session.get(WorkspaceChange, change_id)
+            return _change_dict(obj) if obj else None
+
+    def change_hashes(self, since: dt.datetime) -> set[str]:
+        """Snapshot hashes recent changes refer to (kept when the store is pruned)."""
+        with self._tx() as session:
+            rows = session.execute(
+                select(WorkspaceChange.before_sha, WorkspaceChange.after_sha).where(
+                    WorkspaceChange.at >= since
+                )
+            ).all()
+        return {h for row in rows for h in row if h}
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         found = self.get_with_history(job_id)

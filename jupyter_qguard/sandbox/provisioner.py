@@ -56,6 +56,10 @@ class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
             raise web.HTTPError(503, str(exc).replace("%", "%%")) from None
         settings = broker.kernel_settings
         await self._preflight(broker)
+        try:
+            await broker.scan_for_secrets()
+        except PermissionError as exc:  # SecretsInWorkspace: names files and cells, never values
+            raise web.HTTPError(403, str(exc).replace("%", "%%")) from None
         km = self.parent
         if self.kernel_dir is None or not self.kernel_dir.exists():
             self.kernel_dir = self._make_kernel_dir(settings.get("runtime_root", ""))

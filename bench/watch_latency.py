@@ -1,0 +1,105 @@
+"""The workspace change feed in a 10,000-file workspace (issue 7 targets: write → its diff
+available over REST p95 ≤ 300 ms; the watcher's resident memory ≤ 150 MB).
+
+A real `jupyter server` with the extension: 100 writes, each timed from the write until
+GET /qguard/api/changes/{id} returns its diff. The watcher's memory is the server's resident
+set with the watcher on, less the same server's with it off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from common import percentile, record
+from support.jupyter_proc import ServerProcess
+
+FILES = 10_000
+WRITES = 100
+
+
+def fill(root: Path) -> None:
+    for i in range(FILES):
+        d = root / f"dir{i // 500:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"file{i:05d}.py").write_text(f"# file {i}\nx = {i}\n")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def settled_rss(server: ServerProcess) -> float:
+    # the initial scan runs when the extension starts: wait until the API answers, then a bit
+    await server.json("qguard/api/jobs")
+    await asyncio.sleep(3)
+    assert server.proc is not None
+    return rss_mb(server.proc.pid)
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="qg-bench-watch-") as tmp:
+        base = Path(tmp)
+        off = ServerProcess(base / "off", extra_args=["--QGuardApp.watch_enabled=False"])
+        fill(off.root)
+        off.start()
+        try:
+            rss_off = await settled_rss(off)
+        finally:
+            off.stop()
+
+        server = ServerProcess(base / "on")
+        fill(server.root)
+        started = time.monotonic()
+        server.start()
+        try:
+            rss_on = await settled_rss(server)
+            ready = time.monotonic() - started
+            last = 0
+            for row in (await server.json("qguard/api/changes?limit=1000"))["changes"]:
+                last = max(last, row["id"])
+            latencies = []
+            for i in range(WRITES):
+                path = server.root / f"dir{i % 20:02d}" / f"file{i:05d}.py"
+                t = time.monotonic()
+                path.write_text(f"# file {i}\nx = {i}\ny = {i * 2}\n")
+                rel = path.relative_to(server.root).as_posix()
+                change = None
+                while change is None:
+                    rows = (await server.json(f"qguard/api/changes?since={last}"))["changes"]
+                    change = next((r for r in rows if r["path"] == rel), None)
+                    if change is None:
+                        await asyncio.sleep(0.01)
+                detail = await server.json(f"qguard/api/changes/{change['id']}")
+                assert detail["diff"]["kind"] == "text"
+                latencies.append((time.monotonic() - t) * 1000)
+                last = change["id"]
+        finally:
+            server.stop()
+    record(
+        "watch_write_to_diff",
+        {
+            "unit": "ms",
+            "files": FILES,
+            "writes": WRITES,
+            "p50": round(statistics.median(latencies), 1),
+            "p95": round(percentile(latencies, 95), 1),
+            "max": round(max(latencies), 1),
+            "target_p95": 300,
+            "server_ready_seconds": round(ready, 2),
+            "watcher_rss_mb": round(rss_on - rss_off, 1),
+            "server_rss_mb_watch_on": round(rss_on, 1),
+            "server_rss_mb_watch_off": round(rss_off, 1),
+            "target_watcher_rss_mb": 150,
+        },
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,269 @@
+"""The server's side of the change feed: runs the watcher, records each change with who made it,
+voids approvals whose files changed, serves diffs and reverts.
+
+Attribution: a change belongs to an agent kernel when one was executing when the change began
+(or finished executing after that), else to the person. Both signals come from the server's view
+of the kernels (execution state and last activity, which the server's kernel manager updates
+from the kernel's messages): when in doubt the agent is named, since wrongly blaming the agent
+is safer than wrongly clearing it. Root-mode kernels run as a uid of their own, so there a file
+owned by a kernel's uid also names the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..broker.filehash import WorkspacePathError, resolve_in_workspace
+from .snapshots import SnapshotNotFound, SnapshotStore
+from .watcher import Change, WorkspaceWatcher
+
+log = logging.getLogger("jupyter_qguard.watch")
+
+# A kernel whose last activity is this close before a change's first event counts as its author:
+# the write and the kernel's final "idle" can arrive in either order.
+ACTIVITY_SLACK_SECONDS = 1.0
+
+
+class ChangeError(ValueError):
+    """A revert or a read that cannot be done; the message says why."""
+
+
+class ChangeTracker:
+    def __init__(
+        self,
+        *,
+        broker: Any,
+        root: str,
+        objects_dir: Path,
+        agent_activity: Callable[[], dict[str, tuple[str, float]]],
+        person: str,
+        ignore: list[str] | None,
+        debounce_seconds: float,
+        max_file_bytes: int,
+        max_total_bytes: int,
+        max_age_seconds: float,
+    ) -> None:
+        self.broker = broker
+        self.root = str(Path(root).resolve())
+        self.snapshots = SnapshotStore(objects_dir, max_object_bytes=max_file_bytes)
+        self.agent_activity = agent_activity
+        self.person = person
+        self.max_total_bytes = max_total_bytes
+        self.max_age_seconds = max_age_seconds
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Paths being reverted: (actor, change undone, future of the recorded revert).
+        self._reverting: dict[str, tuple[str, int, asyncio.Future[dict[str, Any]]]] = {}
+        self.watcher = WorkspaceWatcher(
+            self.root,
+            self._from_watcher,
+            store=self.snapshots,
+            ignore=ignore,
+            debounce_seconds=debounce_seconds,
+            max_file_bytes=max_file_bytes,
+        )
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        # The initial scan snapshots the workspace (seconds for 10,000 files): off the loop.
+        await self._loop.run_in_executor(None, self.watcher.start)
+        log.info(
+            "qguard: watching %s (%.1f s initial scan)",
+            self.root,
+            self.watcher.initial_scan_seconds,
+        )
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            await self._loop.run_in_executor(None, self.watcher.stop)
+
+    # -- from the watcher's thread ----------------------------------------------------------
+
+    def _from_watcher(self, changes: list[Change]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        # Who was active is read now, on the watcher's thread: a few hundred ms after the write.
+        active = self.agent_activity()
+        asyncio.run_coroutine_threadsafe(self.record(changes, active), loop)
+
+    def _authors(self, change: Change, active: dict[str, tuple[str, float]]) -> list[str]:
+        return sorted(
+            kernel_id
+            for kernel_id, (state, last_activity) in active.items()
+            if state == "busy" or last_activity >= change.at - ACTIVITY_SLACK_SECONDS
+        )
+
+    async def record(
+        self, changes: list[Change], active: dict[str, tuple[str, float]]
+    ) -> list[dict[str, Any]]:
+        rows = []
+        for c in changes:
+            reverting = self._reverting.get(c.path)
+            if reverting is not None:
+                # The server wrote this file back on a person's request.
+                who, reverts, kernels = reverting[0], reverting[1], []
+            else:
+                kernels, reverts = self._authors(c, active), None
+                who = f"kernel:{kernels[0]}" if kernels else f"user:{self.person}"
+            rows.append(
+                {
+                    "at": _utc(c.at),
+                    "seen_at": _utc(c.seen_at),
+                    "path": c.path,
+                    "kind": c.kind,
+                    "before_sha": c.before_sha,
+                    "after_sha": c.after_sha,
+                    "before_size": c.before_size,
+                    "size": c.size,
+                    "before_stored": c.before_stored,
+                    "after_stored": c.after_stored,
+                    "actor": who,
+                    "kernels": kernels,
+                    "moved_from": c.moved_from,
+                    "moved_to": c.moved_to,
+                    "reverts": reverts,
+                }
+            )
+        try:
+            stored = await self.broker._db(self.broker.store.add_changes, rows)
+        except Exception:
+            log.exception("qguard: could not record %d workspace change(s)", len(rows))
+            return []
+        for row in stored:
+            self.broker.events.publish({"type": "change", "change": row})
+            reverting = self._reverting.get(row["path"])
+            if reverting is not None and not reverting[2].done():
+                reverting[2].set_result(row)
+        await self.broker.void_for_changes(stored)
+        await self._scan_changed([r["path"] for r in stored if r["after_sha"]])
+        return stored
+
+    async def _scan_changed(self, paths: list[str]) -> None:
+        """A likely secret written into the workspace (where agent kernels read) raises an
+        alert naming file, cell and line; never the value."""
+        if not paths or self.broker.secret_scan.get("mode", "off") == "off":
+            return
+        from . import secrets
+
+        max_bytes = int(self.broker.secret_scan.get("max_bytes", 5 << 20))
+        for path in paths:
+            report = await asyncio.to_thread(
+                secrets.scan_file, Path(self.root), path, max_bytes=max_bytes
+            )
+            if report.findings:
+                self.broker.events.publish(
+                    {
+                        "type": "alert",
+                        "kind": "secrets",
+                        "path": path,
+                        "findings": [f.describe() for f in report.findings],
+                    }
+                )
+
+    # -- REST -------------------------------------------------------------------------------
+
+    async def list(self, *, since_id: int, since: dt.datetime | None, limit: int) -> list[dict]:
+        return await self.broker._db(
+            self.broker.store.changes, since_id=since_id, since=since, limit=limit
+        )
+
+    async def get(self, change_id: int) -> dict[str, Any]:
+        change = await self.broker._db(self.broker.store.change, change_id)
+        if change is None:
+            raise KeyError(change_id)
+        loop = asyncio.get_running_loop()
+        change["diff"] = await loop.run_in_executor(None, self._diff, change)
+        return change
+
+    def _content(self, sha: str | None, stored: bool) -> bytes | None:
+        if sha is None:
+            return None
+        if not stored:
+            raise ChangeError("this version was over the snapshot size cap and was not kept")
+        try:
+            return self.snapshots.get(sha)
+        except SnapshotNotFound:
+            raise ChangeError("this version's snapshot was pruned (older than kept)") from None
+
+    def _diff(self, change: dict[str, Any]) -> dict[str, Any]:
+        from .diff import diff
+
+        try:
+            before = self._content(change["before_sha"], change["before_stored"])
+            after = self._content(change["after_sha"], change["after_stored"])
+        except ChangeError as exc:
+            return {"path": change["path"], "unavailable": str(exc)}
+        return diff(change["path"], before, after)
+
+    async def revert(self, change_id: int, actor: str) -> dict[str, Any]:
+        """Put the file back as it was before the change (delete it if the change created it).
+        The revert is itself a change, recorded as the person's, pointing at the one undone."""
+        change = await self.broker._db(self.broker.store.change, change_id)
+        if change is None:
+            raise KeyError(change_id)
+        before = self._content(change["before_sha"], change["before_stored"])
+        loop = asyncio.get_running_loop()
+        path = change["path"]
+        if path in self._reverting:
+            raise ChangeError(f"{path} is being reverted already")
+        done: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._reverting[path] = (f"user:{actor}", change_id, done)
+        try:
+            await loop.run_in_executor(None, self._write_back, path, before)
+            # Report it at once (the watcher's rescan delivers it through record()), as the
+            # person's, rather than after the debounce with a guessed author.
+            await loop.run_in_executor(None, self.watcher.rescan)
+            try:
+                # Recorded by now, or on its way from the watcher's debounced path.
+                recorded = await asyncio.wait_for(asyncio.shield(done), 3)
+            except TimeoutError:
+                recorded = None  # the bytes were already those: nothing changed
+        finally:
+            self._reverting.pop(path, None)
+        return {"reverted": change_id, "change": recorded}
+
+    def _write_back(self, rel: str, content: bytes | None) -> None:
+        try:
+            path = resolve_in_workspace(self.root, rel)
+        except WorkspacePathError as exc:
+            raise ChangeError(str(exc)) from None
+        if content is None:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Atomic: the file is never seen half-restored.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".qguard-revert-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+            if path.exists():
+                os.chmod(tmp, path.stat().st_mode & 0o7777)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    async def prune(self) -> None:
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.max_age_seconds)
+        keep = set(self.watcher.known_hashes())
+        keep |= await self.broker._db(self.broker.store.change_hashes, since)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            None,
+            lambda: self.snapshots.prune(
+                max_age_seconds=self.max_age_seconds,
+                max_total_bytes=self.max_total_bytes,
+                keep=keep,
+            ),
+        )
+
+
+def _utc(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, dt.UTC)
