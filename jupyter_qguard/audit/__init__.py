@@ -1,0 +1,1 @@
+"""The tamper-evident audit log: entries hashed into an RFC 6962 Merkle tree."""
