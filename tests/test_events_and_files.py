@@ -7,7 +7,7 @@ import json
 
 import nbformat
 import pytest
-from support.helpers import BELL
+from support.helpers import BELL, approve
 
 from jupyter_qguard.broker import runtime
 from jupyter_qguard.broker.filehash import notebook_code_hash
@@ -97,16 +97,7 @@ async def test_pending_approval_expires_after_the_ttl(start_kernel, jp_fetch):
     assert "expired" in res["error"]["evalue"]
     r = await jp_fetch("qguard", "api", "jobs", params={"state": "expired"})
     job = json.loads(r.body)["jobs"][0]
-    r = await jp_fetch(
-        "qguard",
-        "api",
-        "jobs",
-        job["id"],
-        "approve",
-        method="POST",
-        body=json.dumps({"digest": job["digest"]}),
-        raise_error=False,
-    )
+    r = await approve(jp_fetch, job, raise_error=False)
     assert r.code == 409
 
 

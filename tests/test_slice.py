@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from support.helpers import BELL, wait_for
+from support.helpers import BELL, approve, wait_for
 
 
 async def test_simulator_job_returns_bell_counts(start_kernel):
@@ -47,31 +47,14 @@ async def test_hardware_job_waits_for_approval_with_the_right_digest(start_kerne
 
     # A digest other than the job's: 409, and nothing is approved.
     wrong = "0" * 64
-    r = await jp_fetch(
-        "qguard",
-        "api",
-        "jobs",
-        job["id"],
-        "approve",
-        method="POST",
-        body=json.dumps({"digest": wrong}),
-        raise_error=False,
-    )
+    r = await approve(jp_fetch, job, digest=wrong, raise_error=False)
     assert r.code == 409
     r = await jp_fetch("qguard", "api", "jobs", job["id"])
     detail = json.loads(r.body)
     assert detail["state"] == "pending_approval"
     assert detail["approvals"] == []
 
-    r = await jp_fetch(
-        "qguard",
-        "api",
-        "jobs",
-        job["id"],
-        "approve",
-        method="POST",
-        body=json.dumps({"digest": job["digest"]}),
-    )
+    r = await approve(jp_fetch, job)
     assert r.code == 200
     res = await asyncio.wait_for(cell, 120)
     assert res["error"] is None, res

@@ -11,6 +11,7 @@ from typing import Any
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from support.helpers import approve
 
 HARDWARE = {
     "backends": {
@@ -131,15 +132,7 @@ async def run_with_approver(jp_fetch: Any, kernel: Any, cells: list[str]) -> tup
             r = await jp_fetch("qguard", "api", "jobs", job["id"])
             steps = [e["to"] for e in json.loads(r.body)["events"]]
             assert steps == ["received", "pending_approval"], steps
-            await jp_fetch(
-                "qguard",
-                "api",
-                "jobs",
-                job["id"],
-                "approve",
-                method="POST",
-                body=json.dumps({"digest": job["digest"]}),
-            )
+            await approve(jp_fetch, job)
             approved.append(job)
         await asyncio.sleep(0.2)
     await run

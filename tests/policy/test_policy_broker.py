@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.helpers import BELL, wait_for
+from support.helpers import BELL, approve, wait_for
 
 from jupyter_qguard.broker.service import ApprovalRefused
 
@@ -41,19 +41,6 @@ async def jobs(jp_fetch, state=None):
     params = {"state": state} if state else {}
     r = await jp_fetch("qguard", "api", "jobs", params=params)
     return json.loads(r.body)["jobs"]
-
-
-async def approve(jp_fetch, job, raise_error=True):
-    return await jp_fetch(
-        "qguard",
-        "api",
-        "jobs",
-        job["id"],
-        "approve",
-        method="POST",
-        body=json.dumps({"digest": job["digest"]}),
-        raise_error=raise_error,
-    )
 
 
 @pytest.mark.parametrize("qguard_config", [PAID_CONFIG], indirect=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 
@@ -18,6 +19,22 @@ async def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+async def approve(
+    jp_fetch: Any, job: dict[str, Any], *, digest: str | None = None, raise_error: bool = True
+) -> Any:
+    """POST the approval of `job` (by default with its own digest), as the person would."""
+    return await jp_fetch(
+        "qguard",
+        "api",
+        "jobs",
+        job["id"],
+        "approve",
+        method="POST",
+        body=json.dumps({"digest": job["digest"] if digest is None else digest}),
+        raise_error=raise_error,
+    )
 
 
 BELL = """

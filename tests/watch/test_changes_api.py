@@ -8,7 +8,7 @@ import hashlib
 import json
 
 import nbformat
-from support.helpers import BELL, wait_for
+from support.helpers import BELL, approve, wait_for
 
 
 async def changes(jp_fetch, since=0, path=None):
@@ -136,15 +136,7 @@ async def test_a_change_behind_the_paused_watcher_is_caught_by_the_rehash(
     (jp_root_dir / "params.json").write_text('{"theta": 3.1}')
     await asyncio.sleep(0.6)
     assert await changes(jp_fetch, path="params.json") == seen  # the watcher saw nothing new
-    await jp_fetch(
-        "qguard",
-        "api",
-        "jobs",
-        job_id,
-        "approve",
-        method="POST",
-        body=json.dumps({"digest": job["digest"]}),
-    )
+    await approve(jp_fetch, job)
 
     async def ended():
         j = json.loads((await jp_fetch("qguard", "api", "jobs", job_id)).body)

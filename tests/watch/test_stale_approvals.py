@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from support.helpers import BELL, wait_for
+from support.helpers import BELL, approve, wait_for
 
 
 async def test_an_unchanged_job_runs_and_an_unbound_edit_does_not_void(
@@ -19,15 +19,7 @@ async def test_an_unchanged_job_runs_and_an_unbound_edit_does_not_void(
     r = await jp_fetch("qguard", "api", "jobs", job_id)
     job = json.loads(r.body)
     (jp_root_dir / "other.txt").write_text("b")  # not bound to the job
-    await jp_fetch(
-        "qguard",
-        "api",
-        "jobs",
-        job_id,
-        "approve",
-        method="POST",
-        body=json.dumps({"digest": job["digest"]}),
-    )
+    await approve(jp_fetch, job)
 
     async def done():
         r = await jp_fetch("qguard", "api", "jobs", job_id)
