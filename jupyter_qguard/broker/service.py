@@ -894,7 +894,7 @@ class Broker:
             log.exception("job %s failed", job_id)
             await self._fail(job_id, f"{type(exc).__name__}: {exc}")
             return
-        await self._complete(job_id, result)
+        await self._complete(job, result)
 
     async def _resume_submitted(self, job_id: str) -> None:
         job, spec, provider = await self._spec(job_id)
@@ -903,10 +903,11 @@ class Broker:
         except Exception as exc:
             await self._fail(job_id, f"could not recover after a restart: {exc}")
             return
-        await self._complete(job_id, result)
+        await self._complete(job, result)
 
-    async def _complete(self, job_id: str, result: dict[str, Any]) -> None:
-        job = await self.get(job_id)
+    async def _complete(self, job: dict[str, Any], result: dict[str, Any]) -> None:
+        # `job` as read before the run: its decision (and calibration) does not change after.
+        job_id = job["id"]
         checked = (job.get("decision") or {}).get("calibration_id")
         ran = (result.get("provider") or {}).get("calibration_id")
         if checked and ran and checked != ran:

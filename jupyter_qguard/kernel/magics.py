@@ -116,7 +116,6 @@ class QGuardMagics(Magics):
             seed=args.seed,
             max_cost=args.max_cost,
             source=source,
-            cell_id=self._cell_id(),
         )
         self.shell.user_ns["qguard_last_job"] = job
         line = StatusLine(job)
@@ -127,13 +126,6 @@ class QGuardMagics(Magics):
     def _current_cell_source(self) -> str | None:
         hist = self.shell.user_ns.get("In")
         return hist[-1] if hist else None
-
-    def _cell_id(self) -> str | None:
-        kernel = getattr(self.shell, "kernel", None)
-        parent = kernel.get_parent("shell") if kernel is not None else None
-        if parent:
-            return (parent.get("metadata") or {}).get("cellId")
-        return None
 
     # -- the rest -------------------------------------------------------------------------
 

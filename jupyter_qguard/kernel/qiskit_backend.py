@@ -38,17 +38,12 @@ _JOB_STATUS = {
 
 def snapshot_target(name: str) -> Target:
     """The target of a device snapshot shipped with qiskit-ibm-runtime, by backend name."""
-    from qiskit_ibm_runtime import fake_provider
-    from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
+    from ..devices import snapshot_class
 
-    for cls in vars(fake_provider).values():
-        if (
-            isinstance(cls, type)
-            and issubclass(cls, FakeBackendV2)
-            and getattr(cls, "backend_name", None) == name
-        ):
-            return cls().target
-    raise ValueError(f"no calibration snapshot named {name!r} is installed in this kernel")
+    try:
+        return snapshot_class(name)().target
+    except ValueError as exc:
+        raise ValueError(f"{exc} in this kernel") from None
 
 
 def target_for(info: dict[str, Any]) -> Target:

@@ -23,20 +23,9 @@ def snapshot(name: str) -> Any:
     backend name (`fake_brisbane`, `fake_torino`, ...). Loading one takes seconds: once per
     process."""
     if name not in _SNAPSHOTS:
-        from qiskit_ibm_runtime import fake_provider
-        from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
+        from ..devices import snapshot_class
 
-        # By the class's backend_name: FakeProviderForBackendV2() would build all ~60 devices.
-        found = [
-            cls
-            for cls in vars(fake_provider).values()
-            if isinstance(cls, type)
-            and issubclass(cls, FakeBackendV2)
-            and getattr(cls, "backend_name", None) == name
-        ]
-        if not found:
-            raise ValueError(f"no calibration snapshot named {name!r} is installed")
-        _SNAPSHOTS[name] = found[0]()
+        _SNAPSHOTS[name] = snapshot_class(name)()
     return _SNAPSHOTS[name]
 
 
