@@ -14,6 +14,7 @@ from tornado import web
 from traitlets import Bool, Dict, Enum, Float, Int, List, Type, Unicode, default, validate
 
 from ._version import __version__
+from .audit.log import AuditLog, origin_for
 from .broker import runtime
 from .broker.service import Broker
 from .broker.store import Store, sqlite_url
@@ -46,7 +47,7 @@ class QGuardApp(ExtensionApp):
     load_other_extensions = True
 
     state_dir = Unicode(
-        help="Where the broker keeps its state (database, later audit log and bundles). "
+        help="Where the broker keeps its state (database, audit log, bundles, snapshots). "
         "Default: <jupyter data dir>/qguard. Must not be inside the server's root directory, "
         "which agent kernels can write.",
     ).tag(config=True)
@@ -237,6 +238,44 @@ class QGuardApp(ExtensionApp):
         "", help="Name recorded as the requester's user. Default: the OS user of the server."
     ).tag(config=True)
 
+    audit_dir = Unicode(
+        help="The audit log (log.jsonl, signed checkpoints, verifier key). Default: "
+        "<state_dir>/audit. Like state_dir, outside the server's root directory.",
+    ).tag(config=True)
+
+    audit_witness_dir = Unicode(
+        help="The witness: a second place that keeps the newest signed checkpoint and refuses "
+        "older ones, so a log put back to an older copy is found. Point it at another disk or "
+        "machine (a mount), or a directory another account owns; empty string: no witness. "
+        "Default: <state_dir>-witness, next to the state dir.",
+    ).tag(config=True)
+
+    audit_checkpoint_seconds = Float(
+        60.0,
+        help="Sign a checkpoint at most this often when the log has grown (one is also signed "
+        "at every hardware submission, every bundle and at shutdown).",
+    ).tag(config=True)
+
+    audit_min_free_bytes = Int(
+        16 * 1024 * 1024,
+        help="Free space the audit log keeps in reserve: below it, entries that something "
+        "irreversible waits on (a new job, an approval, a submission) are refused, so a job "
+        "is never half-recorded on a full disk.",
+    ).tag(config=True)
+
+    bundles_dir = Unicode(
+        help="Reproducibility bundles, one directory per hardware job. Default: "
+        "<state_dir>/bundles.",
+    ).tag(config=True)
+
+    mfa_single_user = Bool(
+        True,
+        help="Step-up MFA checks every approval against the TOTP of the server's user "
+        "(requester_user, or the OS user): right for a desktop, where Jupyter's own user "
+        "names are per-browser. Team servers set False: each approver enrolls under their hub "
+        "user name (`jupyter qguard mfa enroll --user NAME`).",
+    ).tag(config=True)
+
     store_class = Type(
         default_value=Store, klass=Store, help="The broker store implementation."
     ).tag(config=True)
@@ -248,6 +287,18 @@ class QGuardApp(ExtensionApp):
     @default("state_dir")
     def _default_state_dir(self) -> str:
         return os.path.join(jupyter_data_dir(), "qguard")
+
+    @default("audit_dir")
+    def _default_audit_dir(self) -> str:
+        return os.path.join(self.state_dir, "audit")
+
+    @default("audit_witness_dir")
+    def _default_witness_dir(self) -> str:
+        return os.path.normpath(self.state_dir) + "-witness"
+
+    @default("bundles_dir")
+    def _default_bundles_dir(self) -> str:
+        return os.path.join(self.state_dir, "bundles")
 
     @default("db_url")
     def _default_db_url(self) -> str:
@@ -280,7 +331,9 @@ class QGuardApp(ExtensionApp):
     def _check_state_dir(self) -> Path:
         root = Path(self.serverapp.root_dir).expanduser().resolve()
         # The broker's state and the policy pack must be out of the agent's reach.
-        for setting in ("state_dir", "policy_dir"):
+        for setting in ("state_dir", "policy_dir", "audit_dir", "audit_witness_dir", "bundles_dir"):
+            if not getattr(self, setting):
+                continue
             path = Path(getattr(self, setting)).expanduser().resolve()
             if path == root or root in path.parents:
                 raise ValueError(
@@ -317,7 +370,7 @@ class QGuardApp(ExtensionApp):
         missing = wanted - set(classes)
         if missing:
             self.log.warning("qguard: no provider installed for %s", ", ".join(sorted(missing)))
-        store = self.credential_store()
+        store = self._credentials
         providers = {
             name: classes[name](parent=self, log=self.log) for name in wanted & set(classes)
         }
@@ -330,6 +383,9 @@ class QGuardApp(ExtensionApp):
         policy = PolicyEngine(self.policy_dir, self.policy_data)  # PolicyError: do not start
         self.log.info("qguard: policy pack %s, version %s", self.policy_dir, policy.version[:12])
         store = self.store_class(self.db_url)
+        self._credentials = credentials = self.credential_store()
+        audit = self.open_audit(credentials)
+        store.audit = audit
         self.broker = self.broker_class(
             store=store,
             backends=self.backends,
@@ -361,6 +417,12 @@ class QGuardApp(ExtensionApp):
                 "burst": self.channel_burst,
             },
         )
+        self.broker.audit = audit
+        self.broker.credentials = credentials
+        self.broker.bundles_dir = Path(self.bundles_dir)
+        self.broker.sbom_cache_dir = Path(self.state_dir) / "sbom-cache"
+        self.broker.mfa_single_user = self.mfa_single_user
+        credentials.on_use = self._credential_used
         self.broker.secret_scan = {
             "mode": self.secret_scan,
             "ignore": list(self.watch_ignore),
@@ -389,7 +451,7 @@ class QGuardApp(ExtensionApp):
 
     async def _sweep_expired(self) -> None:
         loop = asyncio.get_running_loop()
-        refreshed = pruned = loop.time()
+        refreshed = pruned = signed = loop.time()
         while True:
             await asyncio.sleep(min(self.expiry_check_interval, self.backend_refresh_seconds))
             try:
@@ -402,8 +464,41 @@ class QGuardApp(ExtensionApp):
                 if tracker is not None and loop.time() - pruned >= PRUNE_EVERY_SECONDS:
                     pruned = loop.time()
                     await tracker.prune()
+                if loop.time() - signed >= self.audit_checkpoint_seconds:
+                    signed = loop.time()
+                    await asyncio.to_thread(self.broker.checkpoint)
             except Exception:
                 self.log.exception("qguard: periodic sweep failed")
+
+    def open_audit(self, credentials: Any) -> AuditLog:
+        from .credentials import CredentialError, audit_signer
+
+        try:
+            signer = audit_signer(credentials)
+        except CredentialError as exc:
+            # Entries are still chained and hashed; only the signed checkpoints are missing,
+            # and `audit verify` and the doctor say so.
+            self.log.error("qguard: no audit signing key, checkpoints are not signed: %s", exc)
+            signer = None
+        audit = AuditLog(
+            self.audit_dir,
+            signer=signer,
+            origin=origin_for(Path(self.state_dir)),
+            witness_dir=self.audit_witness_dir or None,
+            min_free_bytes=self.audit_min_free_bytes,
+        )
+        if audit.recovered:
+            self.log.warning(
+                "qguard: the audit log's last entry was cut short (a crash?); it was set aside "
+                "in %s and the cut recorded",
+                audit.recovered["kept_in"],
+            )
+        return audit
+
+    def _credential_used(self, provider: str, fingerprint: str, purpose: str) -> None:
+        broker = getattr(self, "broker", None)
+        if broker is not None:
+            broker.record("credential.use", name=provider, fingerprint=fingerprint, purpose=purpose)
 
     def _fingerprint_key(self) -> None:
         """Secret-scan fingerprints keyed per server (stable across restarts, useless

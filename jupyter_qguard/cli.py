@@ -333,6 +333,10 @@ class QGuardCLI(JupyterApp):
         "policy": (PolicyCommand, PolicyCommand.description),
         "credentials": (CredentialsCommand, CredentialsCommand.description),
         "fakecloud": (FakeCloudCommand, FakeCloudCommand.description),
+        # By name: cli_audit builds on this module's base command.
+        "audit": ("jupyter_qguard.cli_audit.AuditCommand", "The tamper-evident audit log."),
+        "bundle": ("jupyter_qguard.cli_audit.BundleCommand", "Reproducibility bundles."),
+        "mfa": ("jupyter_qguard.cli_audit.MfaCommand", "Step-up MFA (TOTP) for approvals."),
     }
 
     def start(self) -> None:

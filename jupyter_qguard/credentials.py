@@ -221,6 +221,9 @@ class CredentialStore:
 
     def __init__(self, backend: KeyringBackend | None = None) -> None:
         self.backend = backend if backend is not None else keyring.get_keyring()
+        # Called with (provider, fingerprint, purpose) each time a credential is read for use:
+        # the broker writes it to the audit log (by name, never by value).
+        self.on_use: Callable[[str, str, str], None] | None = None
 
     def __repr__(self) -> str:
         return f"CredentialStore(backend={self.backend_name})"
@@ -259,13 +262,16 @@ class CredentialStore:
         check_provider(provider)
         return self._get(provider) is not None
 
-    def get(self, provider: str) -> Secret:
+    def get(self, provider: str, purpose: str = "") -> Secret:
         """The provider's credential, wrapped; CredentialNotFound if there is none."""
         check_provider(provider)
         value = self._get(provider)
         if value is None:
             raise CredentialNotFound(provider)
-        return Secret(provider, value, self._fingerprint(value))
+        secret = Secret(provider, value, self._fingerprint(value))
+        if self.on_use is not None:
+            self.on_use(provider, secret.fingerprint, purpose)
+        return secret
 
     def names(self) -> list[dict[str, str]]:
         """[{"provider", "fingerprint"}] for the indexed providers whose entry exists."""
@@ -364,7 +370,7 @@ async def scoped_token(
             raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
         body["ttl"] = ttl
     # Keyring backends block (D-Bus, an unlock prompt, file I/O): keep them off the loop.
-    secret = await asyncio.to_thread(store.get, provider)
+    secret = await asyncio.to_thread(store.get, provider, f"{action} token for {job_ref}")
     request = HTTPRequest(
         url,
         method="POST",
@@ -507,7 +513,7 @@ def ibm_service(
 ) -> Any:
     """A QiskitRuntimeService built with the `ibm` token from the keyring. The token goes to the
     SDK object and nowhere else; the caller gets the object."""
-    secret = store.get("ibm")
+    secret = store.get("ibm", "IBM Quantum service")
     if service_class is None:
         # Imported here: qiskit_ibm_runtime is slow to import and only this path needs it.
         from qiskit_ibm_runtime import QiskitRuntimeService
@@ -977,7 +983,7 @@ def braket_session(store: CredentialStore, *, region: str) -> Any:
     keys, in `region`. Explicit keys mean boto3 never consults its own credential chain (the
     AWS_* variables, shared files, instance roles), so the keyring is the one source. The keys
     go to the SDK object and nowhere else; the caller gets the object."""
-    secret = store.get("braket")
+    secret = store.get("braket", "AWS session")
     value = _reveal(secret)
     if not _valid_braket(value):
         raise CredentialError(
@@ -1008,3 +1014,160 @@ def braket_session(store: CredentialStore, *, region: str) -> Any:
                 "message is withheld because it contains the credential)"
             ) from None
         raise
+
+
+# --- the audit log's signing key -------------------------------------------------------------
+
+AUDIT_KEY_USERNAME = "__audit_signing_key__"
+
+
+class NoteSigner:
+    """Signs the audit log's checkpoints with the Ed25519 key kept in the keyring. The private
+    key stays in this object; the audit log sees `public_key` (32 raw bytes) and `sign()`."""
+
+    __slots__ = ("_key", "public_key")
+
+    def __init__(self, key: Any) -> None:
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        self._key = key
+        self.public_key: bytes = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+    def __repr__(self) -> str:
+        return f"NoteSigner(public_key={self.public_key.hex()[:16]}…)"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a NoteSigner cannot be pickled")
+
+
+def _load_ed25519(raw: str | None) -> Any:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if not raw:
+        return None
+    try:
+        return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(raw))
+    except ValueError:
+        return None
+
+
+def audit_signer(store: CredentialStore, *, create: bool = True) -> NoteSigner | None:
+    """The audit signing key; made and stored on first use when `create` (the server), read
+    only otherwise (the command line verifies with its public half). None: no key yet."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+    )
+
+    def read() -> Any:
+        return _load_ed25519(
+            store._call(
+                "read", AUDIT_KEY_USERNAME, store.backend.get_password, SERVICE, AUDIT_KEY_USERNAME
+            )
+        )
+
+    key = read()
+    if key is None and create:
+        new = Ed25519PrivateKey.generate()
+        raw = new.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()).hex()
+        name = AUDIT_KEY_USERNAME
+        store._call("store", name, store.backend.set_password, SERVICE, name, raw)
+        # Read back: if two servers raced to make a key, both sign with the one that stayed.
+        key = read()
+    return NoteSigner(key) if key is not None else None
+
+
+# --- step-up MFA (TOTP, RFC 6238) ------------------------------------------------------------
+
+TOTP_PREFIX = "__totp__:"
+TOTP_ISSUER = "jupyter-qguard"
+USER_NAME = re.compile(r"[^\s\x00-\x1f:]{1,128}")
+
+
+def _totp_username(user: str) -> str:
+    if not isinstance(user, str) or not USER_NAME.fullmatch(user):
+        raise ValueError(f"invalid user name for MFA: {user!r}")
+    return TOTP_PREFIX + user
+
+
+def mfa_enrolled(store: CredentialStore, user: str) -> bool:
+    name = _totp_username(user)
+    return bool(store._call("read", name, store.backend.get_password, SERVICE, name))
+
+
+def mfa_delete(store: CredentialStore, user: str) -> bool:
+    name = _totp_username(user)
+    if not mfa_enrolled(store, user):
+        return False
+    store._call("delete", name, store.backend.delete_password, SERVICE, name)
+    return True
+
+
+def _totp(store: CredentialStore, user: str) -> Any:
+    import pyotp
+
+    name = _totp_username(user)
+    secret = store._call("read", name, store.backend.get_password, SERVICE, name)
+    return pyotp.TOTP(secret, issuer=TOTP_ISSUER, name=user) if secret else None
+
+
+def mfa_time_step(
+    store: CredentialStore, user: str, code: str, *, at: datetime | None = None, window: int = 1
+) -> int | None:
+    """The RFC 6238 time step `code` belongs to (the current one ± `window`, for clock skew),
+    or None if it is no valid code of `user`'s. Single use is the caller's part: a step once
+    accepted must not be accepted again."""
+    totp = _totp(store, user)
+    if totp is None:
+        raise CredentialError(f"no MFA enrolled for {user}; run `jupyter qguard mfa enroll`")
+    if not (isinstance(code, str) and code.isdigit() and len(code) == totp.digits):
+        return None
+    now = totp.timecode(at or datetime.now(UTC))
+    for step in range(now - window, now + window + 1):
+        if hmac.compare_digest(totp.generate_otp(step), code):
+            return step
+    return None
+
+
+def cli_mfa_enroll(
+    store: CredentialStore,
+    user: str,
+    *,
+    replace: bool = False,
+    qr: bool = True,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """`mfa enroll`: a new TOTP secret in the keyring, shown once as an otpauth URI and a
+    terminal QR code for an authenticator app. Exit codes: 0 enrolled, 1 not."""
+    import pyotp
+
+    out, err = _stream(out, sys.stdout), _stream(err, sys.stderr)
+    try:
+        name = _totp_username(user)
+        if mfa_enrolled(store, user) and not replace:
+            print(
+                f"{user} is already enrolled; `--replace` makes a new secret (the old codes stop "
+                "working)",
+                file=err,
+            )
+            return 1
+        secret = pyotp.random_base32()
+        store._call("store", name, store.backend.set_password, SERVICE, name, secret)
+    except (ValueError, CredentialError) as exc:
+        print(f"{exc}; not enrolled", file=err)
+        return 1
+    uri = pyotp.TOTP(secret, issuer=TOTP_ISSUER, name=user).provisioning_uri()
+    print(f"MFA enrolled for {user} in {store.backend_name}.", file=out)
+    print("Add it to an authenticator app: scan the code or enter this URI.", file=out)
+    print(uri, file=out)
+    if qr:
+        import segno
+
+        segno.make(uri, error="m").terminal(out=out, compact=True)
+    return 0

@@ -17,13 +17,15 @@ from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web, websocket
 
+from .audit.log import AuditUnavailable
 from .broker.jobs import State
-from .broker.service import ApprovalRefused, Broker, DigestMismatch, JobNotFound
+from .broker.service import ApprovalRefused, Broker, DigestMismatch, JobNotFound, MfaRequired
 from .broker.store import TransitionConflict
 
 JOBS = "qguard:jobs"
 SANDBOX = "qguard:sandbox"
 CHANGES = "qguard:changes"
+AUDIT = "qguard:audit"
 _JOB_ID = r"(?P<job_id>[0-9a-f]{32})"
 
 
@@ -88,10 +90,18 @@ class ApproveHandler(QGuardAPIHandler):
     @authorized
     async def post(self, job_id: str) -> None:
         body = self.json_body({"digest": str})
+        otp = body.get("otp")
+        if otp is not None and not isinstance(otp, str):
+            raise web.HTTPError(400, "otp must be a string of digits")
         try:
-            job = await self.broker.approve(job_id, self.username, body["digest"])
+            job = await self.broker.approve(job_id, self.username, body["digest"], otp=otp)
         except JobNotFound:
             raise web.HTTPError(404, f"no job {job_id}") from None
+        except MfaRequired as exc:
+            # 403 with reason "mfa_required": the panel asks for a code and tries again.
+            raise web.HTTPError(403, str(exc), reason="mfa_required") from None
+        except AuditUnavailable as exc:
+            raise web.HTTPError(503, f"nothing was approved: {exc}") from None
         except (DigestMismatch, ApprovalRefused) as exc:
             raise web.HTTPError(409, str(exc)) from None
         except TransitionConflict as exc:
@@ -226,6 +236,36 @@ class RevertHandler(ChangesBase):
         self.finish(json.dumps(out))
 
 
+class AuditHandler(QGuardAPIHandler):
+    """The newest audit entries (optionally one job's) and the newest signed checkpoint."""
+
+    auth_resource = AUDIT
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        audit = self.broker.audit
+        if audit is None:
+            raise web.HTTPError(404, "this server keeps no audit log")
+        job = self.get_query_argument("job", "")
+        try:
+            limit = min(max(int(self.get_query_argument("limit", "100")), 1), 1000)
+        except ValueError:
+            raise web.HTTPError(400, "limit must be an integer") from None
+        entries = await asyncio.to_thread(audit.tail, limit, job or None)
+        checkpoint = audit.dir / "checkpoint"
+        self.finish(
+            json.dumps(
+                {
+                    "size": audit.size,
+                    "key": audit.key.vkey() if audit.key else None,
+                    "checkpoint": checkpoint.read_text() if checkpoint.exists() else None,
+                    "entries": entries,
+                }
+            )
+        )
+
+
 ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     (r"/qguard/api/jobs", JobsHandler),
     (rf"/qguard/api/jobs/{_JOB_ID}", JobHandler),
@@ -236,4 +276,5 @@ ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     (r"/qguard/api/changes/(?P<change_id>[0-9]+)", ChangeHandler),
     (r"/qguard/api/changes/(?P<change_id>[0-9]+)/revert", RevertHandler),
     (r"/qguard/api/events", EventsHandler),
+    (r"/qguard/api/audit", AuditHandler),
 ]

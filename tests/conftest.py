@@ -39,6 +39,9 @@ def jp_server_config(tmp_path: Path, qguard_config: dict[str, Any]) -> Config:
             "ServerApp": {"jpserver_extensions": {"jupyter_qguard": True}},
             "QGuardApp": {
                 "state_dir": str(tmp_path / "qguard-state"),
+                # A real keyring backend (a file): the audit signing key and TOTP secrets.
+                "keyring_backend": "keyrings.alt.file.PlaintextKeyring",
+                "keyring_backend_options": {"file_path": str(tmp_path / "keyring.cfg")},
                 "backends": TEST_BACKENDS,
                 "policy_data": TEST_POLICY_DATA,
                 **qguard_config,

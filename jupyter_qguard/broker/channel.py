@@ -17,6 +17,7 @@ from typing import Any
 
 import jsonschema
 
+from ..audit.log import AuditUnavailable
 from .jobs import InvalidRequest, State
 from .service import Broker, JobNotFound
 from .store import TransitionConflict
@@ -35,6 +36,8 @@ TOO_LARGE = -32003
 CONFLICT = -32004
 JOB_REJECTED = -32005
 BUSY = -32006
+# The broker cannot write its audit log: it takes no job until it can (fail closed).
+AUDIT_UNAVAILABLE = -32007
 
 _JOB_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 _NO_PARAMS = {"type": "object", "additionalProperties": False, "properties": {}}
@@ -309,6 +312,10 @@ class KernelChannel:
             stored = await self.broker.submit(job, self.kernel_id)
         except InvalidRequest as exc:
             raise RpcError(JOB_REJECTED, f"invalid job request: {exc}") from None
+        except AuditUnavailable as exc:
+            raise RpcError(
+                AUDIT_UNAVAILABLE, f"the broker refuses new jobs until it can audit them: {exc}"
+            ) from None
         return kernel_view(stored)
 
     async def rpc_status(self, job_id: str) -> dict[str, Any]:

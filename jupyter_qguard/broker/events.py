@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 
@@ -13,6 +14,8 @@ class EventBus:
     def __init__(self, maxsize: int = 1000) -> None:
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._maxsize = maxsize
+        # Sees every event first (the broker writes alerts to the audit log through it).
+        self.observer: Callable[[dict[str, Any]], None] | None = None
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._maxsize)
@@ -23,6 +26,8 @@ class EventBus:
         self._subscribers.discard(q)
 
     def publish(self, event: dict[str, Any]) -> None:
+        if self.observer is not None:
+            self.observer(event)
         for q in list(self._subscribers):
             if q.full():
                 try:

@@ -60,6 +60,11 @@ TERMINAL: frozenset[State] = frozenset(
     }
 )
 
+# Moves that can lead to nothing reaching a provider: they go ahead even when the audit log
+# cannot be written (stopping a job is always safe, and a finished job's result must be kept);
+# every other move needs its audit entry first.
+AUDIT_OPTIONAL: frozenset[State] = TERMINAL
+
 CANCELLABLE: frozenset[State] = frozenset(
     s for s, targets in TRANSITIONS.items() if State.CANCELLED in targets
 )

@@ -20,6 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .. import credentials as creds
+from ..audit import bundle as bundles
+from ..audit import environment
+from ..audit.log import AuditLog, AuditUnavailable
+from ..audit.witness import WitnessRefused
 from ..policy import cost as cost_model
 from ..policy.engine import PolicyEngine, PolicyError
 from ..policy.lint import lint
@@ -62,6 +67,10 @@ class SecretsInWorkspace(PermissionError):
 
 class ApprovalRefused(ValueError):
     """The approval cannot be applied (policy, two-person rule, MFA); the job stays pending."""
+
+
+class MfaRequired(ApprovalRefused):
+    """The approval needs a TOTP code and came without one (the UI asks for it and retries)."""
 
 
 class Broker:
@@ -118,6 +127,41 @@ class Broker:
         self.tracker: Any = None
         # {mode: block|warn|off, ignore, max_bytes, max_files}: the scan before agent kernels.
         self.secret_scan: dict[str, Any] = {"mode": "off"}
+        # The audit log (set by the app, shared with the store), where bundles go, and the
+        # keyring (TOTP secrets for step-up approvals).
+        self.audit: AuditLog | None = None
+        self.bundles_dir: Path | None = None
+        self.sbom_cache_dir: Path | None = None
+        self.credentials: Any = None
+        # One person per server (a desktop): every approval is checked against the TOTP of the
+        # server's user. Team servers check each approver's own.
+        self.mfa_single_user = True
+        self.events.observer = self._observe
+
+    # -- audit ----------------------------------------------------------------------------
+
+    def record(self, kind: str, **fields: Any) -> None:
+        """An audit entry that must not stop the work at hand (a failure is logged)."""
+        if self.audit is None:
+            return
+        try:
+            self.audit.append(kind, **fields)
+        except AuditUnavailable as exc:
+            log.error("qguard: audit entry %s not written: %s", kind, exc)
+
+    def _observe(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "alert":
+            self.record("alert", **{k: v for k, v in event.items() if k != "type"})
+
+    def checkpoint(self, *, force: bool = False) -> None:
+        """Sign the log's tree head (blocking: call it off the event loop)."""
+        if self.audit is None:
+            return
+        try:
+            self.audit.checkpoint(force=force)
+        except (AuditUnavailable, WitnessRefused) as exc:
+            log.error("qguard: audit checkpoint: %s", exc)
+            self.events.publish({"type": "audit", "ok": False, "message": str(exc)})
 
     @property
     def policy_version(self) -> str:
@@ -128,6 +172,7 @@ class Broker:
         try:
             if self.policy.reload_if_changed():
                 log.info("qguard: policy pack reloaded, version %s", self.policy.version[:12])
+                self.record("policy.load", version=self.policy.version, reloaded=True)
                 self.events.publish({"type": "policy", "version": self.policy.version})
         except PolicyError as exc:
             log.error("qguard: policy pack change refused, the previous one stays: %s", exc)
@@ -178,6 +223,13 @@ class Broker:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.record(
+            "server.start",
+            user=self.user,
+            backends=sorted(self.backends),
+            workstation_tier=self.workstation_tier,
+        )
+        self.record("policy.load", version=self.policy.version, reloaded=False)
         self._probe = asyncio.ensure_future(self._run_probe())
         for provider in self.providers.values():
             await provider.start()
@@ -219,6 +271,8 @@ class Broker:
             task.cancel()
         for provider in self.providers.values():
             await provider.stop()
+        self.record("server.stop")
+        await self._db(self.checkpoint)
         self._db_pool.shutdown(wait=True)
         self.store.close()
 
@@ -276,6 +330,13 @@ class Broker:
         sandbox["ok"] = ok
         sandbox["applied"] = layers
         sandbox["active"] = sorted(n for n, v in layers.items() if v.get("active"))
+        self.record(
+            "sandbox.start",
+            kernel=kernel_id,
+            ok=ok,
+            active=sandbox["active"],
+            inactive={n: v.get("why") for n, v in layers.items() if not v.get("active")},
+        )
         if not ok:
             why = {n: v.get("why") for n, v in layers.items() if not v.get("active")}
             log.error("qguard: kernel %s refused to start: %s", kernel_id, why)
@@ -618,7 +679,9 @@ class Broker:
         await self._move(job_id, end, actor=BROKER, reason=reason)
         raise TransitionConflict(job_id, end.value, State.APPROVED.value)
 
-    async def approve(self, job_id: str, approver: str, digest: str) -> dict[str, Any]:
+    async def approve(
+        self, job_id: str, approver: str, digest: str, otp: str | None = None
+    ) -> dict[str, Any]:
         job = await self.get(job_id)
         if job["state"] != State.PENDING_APPROVAL:
             raise TransitionConflict(job_id, job["state"], State.APPROVED.value)
@@ -636,10 +699,7 @@ class Broker:
                 f"({job['requester']['user']})"
             )
         if decision.get("mfa_required"):
-            raise ApprovalRefused(
-                "the policy asks for step-up MFA to approve this job, and no MFA method is "
-                "enrolled on this server yet"
-            )
+            await self._check_mfa(job_id, approver, otp)
         # Budgets and rates move while a job waits: ask the policy again before reserving.
         self.reload_policy()
         if self.policy.version != job["policy_version"]:
@@ -663,6 +723,32 @@ class Broker:
             detail={"digest": digest},
         )
         return await self._enqueue(job_id, actor=f"user:{approver}")
+
+    async def _check_mfa(self, job_id: str, approver: str, otp: str | None) -> None:
+        """Step-up MFA: a TOTP code of the approver's, checked here and used once only."""
+        person = self.user if self.mfa_single_user else approver
+        if self.credentials is None or not await self._db(
+            creds.mfa_enrolled, self.credentials, person
+        ):
+            raise ApprovalRefused(
+                f"the policy asks for step-up MFA to approve this job, and {person} has no MFA "
+                "enrolled: run `jupyter qguard mfa enroll` on the server"
+            )
+        if not otp:
+            raise MfaRequired(
+                f"the policy asks for step-up MFA to approve this job: send the current code "
+                f"of {person}'s authenticator app"
+            )
+        step = await self._db(creds.mfa_time_step, self.credentials, person, otp)
+        if step is None:
+            self.record("mfa.refused", job=job_id, user=person, approver=approver, why="wrong")
+            raise ApprovalRefused("the MFA code is wrong or has expired")
+        if not await self._db(self.store.claim_mfa_step, person, step):
+            self.record("mfa.refused", job=job_id, user=person, approver=approver, why="reused")
+            raise ApprovalRefused(
+                "this MFA code was already used: wait for the next one (codes are single-use)"
+            )
+        self.record("mfa.verified", job=job_id, user=person, approver=approver, step=step)
 
     async def _enqueue(self, job_id: str, *, actor: str) -> dict[str, Any]:
         job = await self._move(job_id, State.QUEUED, actor=actor, expect={State.APPROVED})
@@ -879,22 +965,36 @@ class Broker:
             )
         except TransitionConflict:
             return  # cancelled meanwhile, or another executor took it
+        except AuditUnavailable as exc:
+            log.error("qguard: job %s not submitted: %s", job_id, exc)
+            await self._fail(
+                job_id,
+                f"{exc}; the submission could not be recorded, so nothing was sent to "
+                f"{spec.backend}",
+                expect={State.QUEUED},
+            )
+            return
         except Exception as exc:
             log.exception("preparing job %s failed", job_id)
             await self._fail(job_id, f"could not prepare the job: {exc}", expect={State.QUEUED})
             return
+        # The signed tree head now covers the submission (and goes to the witness).
+        await self._db(self.checkpoint)
         try:
             provider_job_id = await provider.submit(spec)
             await self._db(self.store.set_provider_job_id, job_id, provider_job_id)
             result = await provider.result(spec, provider_job_id)
         except ProviderError as exc:
             await self._fail(job_id, str(exc))
+            await self._seal(job_id, spec, provider)
             return
         except Exception as exc:
             log.exception("job %s failed", job_id)
             await self._fail(job_id, f"{type(exc).__name__}: {exc}")
+            await self._seal(job_id, spec, provider)
             return
         await self._complete(job, result)
+        await self._seal(job_id, spec, provider)
 
     async def _resume_submitted(self, job_id: str) -> None:
         job, spec, provider = await self._spec(job_id)
@@ -902,8 +1002,10 @@ class Broker:
             result = await provider.recover(spec, job["provider_job_id"])
         except Exception as exc:
             await self._fail(job_id, f"could not recover after a restart: {exc}")
+            await self._seal(job_id, spec, provider)
             return
         await self._complete(job, result)
+        await self._seal(job_id, spec, provider)
 
     async def _complete(self, job: dict[str, Any], result: dict[str, Any]) -> None:
         # `job` as read before the run: its decision (and calibration) does not change after.
@@ -930,6 +1032,90 @@ class Broker:
             )
         except TransitionConflict:
             log.warning("job %s finished but was no longer submitted", job_id)
+
+    # -- reproducibility bundles -----------------------------------------------------------
+
+    def is_hardware(self, backend: str) -> bool:
+        return (self.backends.get(backend) or {}).get("provider", "aer") != "aer"
+
+    async def _seal(self, job_id: str, spec: RunSpec, provider: Provider) -> None:
+        """Leave the bundle of a hardware job that reached its provider. A failure here is
+        logged and raised as an alert: the job itself is done either way."""
+        job = await self.get(job_id, history=True)
+        if not self.is_hardware(job["backend"]) or self.bundles_dir is None:
+            return
+        if self.audit is None:
+            log.error("qguard: no audit log, so no bundle for job %s", job_id)
+            return
+        try:
+            path = await self.write_bundle(job, spec, provider)
+        except Exception as exc:
+            log.exception("qguard: the bundle of job %s could not be written", job_id)
+            self.events.publish(
+                {"type": "alert", "kind": "bundle", "job": job_id, "message": str(exc)}
+            )
+            return
+        log.info("qguard: job %s bundle in %s", job_id, path)
+
+    async def write_bundle(self, job: dict[str, Any], spec: RunSpec, provider: Provider) -> Path:
+        assert self.bundles_dir is not None and self.audit is not None
+        aer = self.providers["aer"]
+        exported = await aer.export(spec.program_format, spec.payload)  # type: ignore[attr-defined]
+        backend = self.backends.get(job["backend"]) or {}
+        try:
+            calibration = await provider.calibration(spec) or {
+                "unavailable": f"provider {backend.get('provider')} publishes no calibration"
+            }
+        except Exception as exc:
+            calibration = {"unavailable": f"reading it failed: {exc}"}
+        request, _ = await self._db(self.store.run_inputs, job["id"])
+        approvals = await self._db(self.store.approvals, job["id"])
+        env = await asyncio.to_thread(environment.manifest)
+        sbom_dir = self.sbom_cache_dir or self.bundles_dir / ".sbom-cache"
+        sbom = await asyncio.to_thread(environment.sbom, env, sbom_dir)
+        files: dict[str, Any] = {
+            "request.json": {
+                **request,
+                "program": {k: v for k, v in request["program"].items() if k != "payload_b64"},
+            },
+            "environment.json": env,
+            "sbom.cdx.json": sbom,
+            "calibration.json": calibration,
+            "result.json": job.get("result") or {"state": job["state"], "reason": job["reason"]},
+            "job.json": {
+                "id": job["id"],
+                "state": job["state"],
+                "backend": job["backend"],
+                "provider": backend.get("provider"),
+                "snapshot": backend.get("snapshot") or calibration.get("backend"),
+                "shots": job["shots"],
+                "seed": job["seed"],
+                "max_cost": job["max_cost"],
+                "cost": job["cost"],
+                "digest": job["digest"],
+                "policy_version": job["policy_version"],
+                "decision": job["decision"],
+                "requester": job["requester"],
+                "files": job["files"],
+                "approvals": approvals,
+                "provider_job_id": job["provider_job_id"],
+                "idempotency_key": spec.idempotency_key,
+                "events": job.get("events", []),
+                "program_errors": exported["errors"],
+            },
+        }
+        if exported["qpy"] is not None:
+            files["program.qpy"] = exported["qpy"]
+        if exported["qasm3"] is not None:
+            files["program.qasm3"] = exported["qasm3"]
+        path = self.bundles_dir / job["id"]
+
+        def build() -> Path:
+            manifest = bundles.write(path, job["id"], files)
+            bundles.seal(path, job["id"], manifest, self.audit)  # type: ignore[arg-type]
+            return path
+
+        return await self._db(build)
 
     async def _fail(self, job_id: str, reason: str, expect: set[State] | None = None) -> None:
         try:

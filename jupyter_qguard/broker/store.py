@@ -8,6 +8,7 @@ crash leaves either both or neither, and two racing callers cannot both move a j
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -23,16 +24,21 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     select,
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from .jobs import State, can_transition
+from ..audit.log import AuditLog, AuditUnavailable
+from .jobs import AUDIT_OPTIONAL, State, can_transition
+
+log = logging.getLogger(__name__)
 
 # States in which a job's cost counts against the budget (DESIGN.md, "Audit and bundles").
 RESERVED = (State.APPROVED, State.QUEUED, State.SUBMITTED, State.COMPLETED)
@@ -117,6 +123,18 @@ class Approval(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("qguard_jobs.id"), index=True)
     approver: Mapped[str] = mapped_column(String(256))
     digest: Mapped[str] = mapped_column(String(64))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class MfaStep(Base):
+    """TOTP time steps already used, per person: a code is accepted once only (RFC 6238, 5.2)."""
+
+    __tablename__ = "qguard_mfa_steps"
+    __table_args__ = (UniqueConstraint("user", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user: Mapped[str] = mapped_column(String(256), index=True)
+    step: Mapped[int] = mapped_column(BigInteger)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
@@ -209,6 +227,9 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self._lock = threading.Lock()
+        # Job moves are written to the audit log inside their transaction: an entry that cannot
+        # be written rolls the move back (unless stopping is all it does: AUDIT_OPTIONAL).
+        self.audit: AuditLog | None = None
         Base.metadata.create_all(self.engine)
 
     def close(self) -> None:
@@ -220,6 +241,16 @@ class Store:
             yield session
 
     # -- writes ---------------------------------------------------------------------------
+
+    def _audit(self, kind: str, *, optional: bool, sync: bool = False, **fields: Any) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit.append(kind, sync=sync, critical=not optional, **fields)
+        except AuditUnavailable as exc:
+            if not optional:
+                raise
+            log.error("qguard: %s went ahead without its audit entry: %s", kind, exc)
 
     def create_job(self, *, actor: str, **fields: Any) -> dict[str, Any]:
         now = utcnow()
@@ -243,6 +274,23 @@ class Store:
                     actor=actor,
                     detail={},
                 )
+            )
+            self._audit(
+                "job.received",
+                optional=False,
+                job=job.id,
+                actor=actor,
+                user=job.requester_user,
+                kernel=job.requester_kernel,
+                notebook=(job.requester or {}).get("notebook"),
+                cell=(job.requester or {}).get("cell_id"),
+                backend=job.backend,
+                shots=job.shots,
+                seed=job.seed,
+                program_sha256=job.program_sha256,
+                files=job.files,
+                digest=job.digest,
+                policy_version=job.policy_version,
             )
             return _job_dict(job)
 
@@ -287,6 +335,17 @@ class Store:
                     detail=detail or {},
                 )
             )
+            self._audit(
+                "job.transition",
+                optional=target in AUDIT_OPTIONAL,
+                # The submission's entry is on disk before any provider is called.
+                sync=target == State.SUBMITTED,
+                job=job_id,
+                **{"from": current, "to": target.value},
+                actor=actor,
+                reason=updates.get("reason"),
+                detail=detail or {},
+            )
             session.flush()
             session.refresh(job)
             return _job_dict(job)
@@ -303,7 +362,29 @@ class Store:
             ).all()
             given = len(set(rows))
             session.execute(update(Job).where(Job.id == job_id).values(approvals_given=given))
+            self._audit(
+                "job.approval",
+                optional=False,
+                job=job_id,
+                approver=approver,
+                digest=digest,
+                approvals_given=given,
+            )
             return given
+
+    def claim_mfa_step(self, user: str, step: int) -> bool:
+        """Take a TOTP time step for `user`; False if it, or a later one, was taken before."""
+        try:
+            with self._tx() as session:
+                last = session.scalar(
+                    select(MfaStep.step).where(MfaStep.user == user).order_by(MfaStep.step.desc())
+                )
+                if last is not None and step <= last:
+                    return False
+                session.add(MfaStep(user=user, step=step, at=utcnow()))
+                return True
+        except IntegrityError:  # another server took the same step at the same moment
+            return False
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -317,6 +398,15 @@ class Store:
         with self._tx() as session:
             job = session.get(Job, job_id)
             return (dict(job.request), job.idempotency_key) if job else None
+
+    def approvals(self, job_id: str) -> list[dict[str, Any]]:
+        with self._tx() as session:
+            rows = session.scalars(
+                select(Approval).where(Approval.job_id == job_id).order_by(Approval.id)
+            )
+            return [
+                {"approver": a.approver, "digest": a.digest, "at": a.at.isoformat()} for a in rows
+            ]
 
     def set_provider_job_id(self, job_id: str, provider_job_id: str) -> None:
         with self._tx() as session:

@@ -215,3 +215,23 @@ def warm_up() -> bool:
 
     pass_manager()
     return True
+
+
+def export_program(program_format: str, payload: bytes) -> dict[str, Any]:
+    """The program as QPY and as OpenQASM 3, for a reproducibility bundle. A form the program
+    cannot be written in is left out, with the reason."""
+    from qiskit import qasm3, qpy
+
+    qc = load_circuit(program_format, payload)
+    out: dict[str, Any] = {"qpy": None, "qasm3": None, "errors": {}}
+    try:
+        buf = io.BytesIO()
+        qpy.dump(qc, buf)
+        out["qpy"] = payload if program_format == "qpy" else buf.getvalue()
+    except Exception as exc:
+        out["errors"]["qpy"] = f"{type(exc).__name__}: {exc}"
+    try:
+        out["qasm3"] = payload.decode() if program_format == "qasm3" else qasm3.dumps(qc)
+    except Exception as exc:
+        out["errors"]["qasm3"] = f"{type(exc).__name__}: {exc}"
+    return out

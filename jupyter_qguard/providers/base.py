@@ -78,6 +78,11 @@ class Provider(LoggingConfigurable, metaclass=_ProviderMeta):
         """What the provider reports of its devices: name, num_qubits, calibration_id, ..."""
         return []
 
+    async def calibration(self, spec: RunSpec) -> dict[str, Any] | None:
+        """The device's current calibration (qubit and gate figures, `calibration_id`) for a
+        reproducibility bundle; None when the provider publishes none."""
+        return None
+
     async def start(self) -> None:
         """Warm up (connections, worker processes). Called once when the broker starts."""
 

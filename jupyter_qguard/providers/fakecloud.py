@@ -152,6 +152,13 @@ class FakeCloudProvider(Provider):
             raise ProviderError(f"listing backends: {_describe(status, data)}")
         return list(data.get("backends", []))
 
+    async def calibration(self, spec: RunSpec) -> dict[str, Any] | None:
+        name = spec.options.get("remote_name", spec.backend)
+        status, data = await self._request("GET", f"/v1/backends/{name}/calibration", timeout=30)
+        if status != 200:
+            raise ProviderError(f"reading the calibration of {name}: {_describe(status, data)}")
+        return data
+
     async def submit(self, spec: RunSpec) -> str:
         body = {
             "backend": spec.options.get("remote_name", spec.backend),
