@@ -13,6 +13,7 @@ BENCHMARKS = [
     "policy_decision.py",
     "lint_time.py",
     "watch_latency.py",
+    "audit_log.py",
 ]
 
 

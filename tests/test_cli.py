@@ -45,7 +45,8 @@ def test_help_and_bare_command(tmp_path):
     assert r.returncode == 0 and "jobs" in r.stdout
     r = run(home=tmp_path)
     assert r.returncode == 2
-    assert "Subcommands: credentials, doctor, fakecloud, jobs, policy" in r.stdout
+    expected = "audit, bundle, credentials, doctor, fakecloud, jobs, mfa, policy"
+    assert f"Subcommands: {expected}" in r.stdout
 
 
 def test_credentials_set_list_delete_through_the_servers_keyring_setting(tmp_path):

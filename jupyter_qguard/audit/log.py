@@ -205,7 +205,7 @@ class AuditLog:
         return value
 
     def append(
-        self, kind: str, *, sync: bool = False, critical: bool = False, **fields: Any
+        self, kind: str, /, *, sync: bool = False, critical: bool = False, **fields: Any
     ) -> int:
         """Write one entry; its index. AuditUnavailable if it is not in the log.
 

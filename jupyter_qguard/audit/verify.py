@@ -195,18 +195,19 @@ def verify(directory: Path, key: VerifierKey, *, witness_dir: Path | None = None
     good = 0
     for cp in checkpoints:
         if cp.size > n:
-            if torn is not None and cp.size == n + 1:
+            signed = checkpoints[-1].size  # the newest says how much is gone
+            if torn is not None and signed == n + 1:
                 report.add(
                     "truncated",
                     n,
-                    f"checkpoint {cp.size} was signed with entry {n} whole; it is cut short now",
+                    f"checkpoint {signed} was signed with entry {n} whole; it is cut short now",
                 )
             else:
                 report.add(
                     "truncated",
                     n,
-                    f"the log holds {n} entries but a signed checkpoint covers {cp.size}: "
-                    f"entries {n}..{cp.size - 1} were removed",
+                    f"the log holds {n} entries but a signed checkpoint covers {signed}: "
+                    f"entries {n}..{signed - 1} were removed",
                 )
             break
         if roots[cp.size] == cp.root:

@@ -140,7 +140,7 @@ class Broker:
 
     # -- audit ----------------------------------------------------------------------------
 
-    def record(self, kind: str, **fields: Any) -> None:
+    def record(self, kind: str, /, **fields: Any) -> None:
         """An audit entry that must not stop the work at hand (a failure is logged)."""
         if self.audit is None:
             return
@@ -151,7 +151,9 @@ class Broker:
 
     def _observe(self, event: dict[str, Any]) -> None:
         if event.get("type") == "alert":
-            self.record("alert", **{k: v for k, v in event.items() if k != "type"})
+            fields = {k: v for k, v in event.items() if k != "type"}
+            fields["alert"] = fields.pop("kind", None)
+            self.record("alert", **fields)
 
     def checkpoint(self, *, force: bool = False) -> None:
         """Sign the log's tree head (blocking: call it off the event loop)."""

@@ -185,3 +185,29 @@ def test_replaying_the_bell_job_stays_within_0_05_tvd(finished):
     assert out["tvd"] < 0.05, out
     # The noise model is in: both runs have some 01/10 counts.
     assert out["replayed"].get("01", 0) + out["replayed"].get("10", 0) > 0
+
+
+def test_an_exported_log_verifies_elsewhere_and_its_tampering_shows(finished, tmp_path):
+    import tarfile
+
+    out = tmp_path / "export.tar.gz"
+    res = cli(finished["server"], "audit", "export", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    with tarfile.open(out) as tar:
+        names = set(tar.getnames())
+        tar.extractall(tmp_path / "x", filter="data")
+    assert {"audit/log.jsonl", "audit/checkpoint", "witness/checkpoint"} <= names
+    here = tmp_path / "x"
+    args = ("--dir", str(here / "audit"), "--witness", str(here / "witness"))
+    key = ("--key", str(here / "witness" / "verifier.key"))
+    res = cli(finished["server"], "audit", "verify", *args, *key, "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["key_source"].startswith("--key")
+    log = here / "audit" / "log.jsonl"
+    rows = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(rows[:-2]))  # the last two entries gone
+    res = cli(finished["server"], "audit", "verify", *args, *key)
+    assert res.returncode == 1
+    n = len(rows) - 2
+    assert f"FAILED: {n} entries" in res.stdout and f"first bad entry: {n}" in res.stdout
+    assert f"entries {n}..{n + 1} were removed" in res.stdout

@@ -112,8 +112,8 @@ async def test_premium_needs_other_people_than_the_requester(start_kernel, jp_fe
     r = await approve(jp_fetch, p, raise_error=False)
     assert r.code == 409
     assert json.loads(r.body)["message"] == (
-        "the policy asks for step-up MFA to approve this job, and no MFA method is enrolled "
-        "on this server yet"
+        "the policy asks for step-up MFA to approve this job, and ada has no MFA enrolled: "
+        "run `jupyter qguard mfa enroll` on the server"
     )
     after = await _job(jp_fetch, p["id"])
     assert (after["state"], after["approvals"]) == ("pending_approval", [])

@@ -22,9 +22,17 @@ async def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05
 
 
 async def approve(
-    jp_fetch: Any, job: dict[str, Any], *, digest: str | None = None, raise_error: bool = True
+    jp_fetch: Any,
+    job: dict[str, Any],
+    *,
+    digest: str | None = None,
+    otp: str | None = None,
+    raise_error: bool = True,
 ) -> Any:
     """POST the approval of `job` (by default with its own digest), as the person would."""
+    body: dict[str, Any] = {"digest": job["digest"] if digest is None else digest}
+    if otp is not None:
+        body["otp"] = otp
     return await jp_fetch(
         "qguard",
         "api",
@@ -32,7 +40,7 @@ async def approve(
         job["id"],
         "approve",
         method="POST",
-        body=json.dumps({"digest": job["digest"] if digest is None else digest}),
+        body=json.dumps(body),
         raise_error=raise_error,
     )
 
