@@ -85,6 +85,37 @@ class JobHandler(QGuardAPIHandler):
         self.finish(json.dumps(await self.job_or_404(job_id, history=True)))
 
 
+class JobReviewHandler(QGuardAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        try:
+            self.finish(json.dumps(await self.broker.review(job_id)))
+        except JobNotFound:
+            raise web.HTTPError(404, f"no job {job_id}") from None
+
+
+class KernelHandler(QGuardAPIHandler):
+    """Is this kernel a qguard agent kernel? The front end asks, rather than trusting a
+    kernelspec name anyone can copy, before it renders the kernel's outputs untrusted."""
+
+    auth_resource = SANDBOX
+
+    @web.authenticated
+    @authorized
+    async def get(self, kernel_id: str) -> None:
+        report = self.broker.kernel_report(kernel_id)
+        self.finish(
+            json.dumps(
+                {
+                    "kernel_id": kernel_id,
+                    "agent": report is not None,
+                    "sandbox": (report or {}).get("sandbox"),
+                }
+            )
+        )
+
+
 class ApproveHandler(QGuardAPIHandler):
     @web.authenticated
     @authorized
@@ -269,9 +300,11 @@ class AuditHandler(QGuardAPIHandler):
 ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     (r"/qguard/api/jobs", JobsHandler),
     (rf"/qguard/api/jobs/{_JOB_ID}", JobHandler),
+    (rf"/qguard/api/jobs/{_JOB_ID}/review", JobReviewHandler),
     (rf"/qguard/api/jobs/{_JOB_ID}/approve", ApproveHandler),
     (rf"/qguard/api/jobs/{_JOB_ID}/deny", DenyHandler),
     (r"/qguard/api/sandbox", SandboxHandler),
+    (r"/qguard/api/kernels/(?P<kernel_id>[0-9a-f-]{1,64})", KernelHandler),
     (r"/qguard/api/changes", ChangesHandler),
     (r"/qguard/api/changes/(?P<change_id>[0-9]+)", ChangeHandler),
     (r"/qguard/api/changes/(?P<change_id>[0-9]+)/revert", RevertHandler),

@@ -27,7 +27,8 @@ class DenyQGuard(Authorizer):
 def _endpoints():
     for pattern, handler in ROUTES:
         path = re.sub(r"\(\?P<job_id>[^)]*\)", "0" * 32, pattern)
-        path = re.sub(r"\(\?P<change_id>[^)]*\)", "1", path).lstrip("/")
+        path = re.sub(r"\(\?P<change_id>[^)]*\)", "1", path)
+        path = re.sub(r"\(\?P<kernel_id>[^)]*\)", "0" * 8, path).lstrip("/")
         for method in METHODS:
             if method in vars(handler):
                 yield handler, method, path

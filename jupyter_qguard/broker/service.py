@@ -672,6 +672,43 @@ class Broker:
             raise JobNotFound(job_id)
         return job
 
+    async def review(self, job_id: str) -> dict[str, Any]:
+        """What an approver looks at beyond the job itself: the source, the circuit drawing,
+        how each bound file last changed, and the budget left today."""
+        job = await self.get(job_id)
+        request, _ = await self._db(self.store.run_inputs, job_id)
+        program = request["program"]
+        try:
+            drawing = await self.providers["aer"].draw(  # type: ignore[attr-defined]
+                program["format"], base64.b64decode(program["payload_b64"])
+            )
+        except Exception as exc:
+            drawing = None
+            log.info("qguard: no drawing for job %s: %s", job_id, exc)
+        files = (
+            await self.tracker.latest_diffs(sorted(job["files"]))
+            if self.tracker is not None
+            else [{"path": p, "change": None} for p in sorted(job["files"])]
+        )
+        limit = (self.policy.data.get("limits") or {}).get("daily_budget_per_user")
+        usage = await self._db(self._usage, job["requester"]["user"], None)
+        cost = (job.get("decision") or {}).get("cost") or {}
+        spent = float(usage.get("spent_today") or 0.0)
+        return {
+            "job_id": job_id,
+            "source": program.get("source"),
+            "format": program["format"],
+            "drawing": drawing,
+            "files": files,
+            "budget": {
+                "daily": limit,
+                "spent_today": spent,
+                "left": None if limit is None else round(float(limit) - spent, 6),
+                "this_job": cost.get("estimate"),
+                "currency": cost.get("currency", "USD"),
+            },
+        }
+
     def _expired(self, job: dict[str, Any]) -> bool:
         created = dt.datetime.fromisoformat(job["created_at"])
         return (utcnow() - created).total_seconds() > self.approval_ttl

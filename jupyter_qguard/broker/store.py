@@ -534,6 +534,21 @@ class Store:
             q = q.order_by(WorkspaceChange.id).limit(limit)
             return [_change_dict(o) for o in session.scalars(q)]
 
+    def latest_changes(self, paths: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The newest recorded change of each of these paths (those that have one)."""
+        out: dict[str, dict[str, Any]] = {}
+        with self._tx() as session:
+            for path in paths:
+                obj = session.scalars(
+                    select(WorkspaceChange)
+                    .where(WorkspaceChange.path == path)
+                    .order_by(WorkspaceChange.id.desc())
+                    .limit(1)
+                ).first()
+                if obj is not None:
+                    out[path] = _change_dict(obj)
+        return out
+
     def change(self, change_id: int) -> dict[str, Any] | None:
         with self._tx() as session:
             obj = session.get(WorkspaceChange, change_id)

@@ -81,6 +81,10 @@ class AerProvider(Provider):
             raise ProviderError(f"the program cannot be read as {program_format}: {exc}") from None
         return ProgramFacts(**facts)
 
+    async def draw(self, program_format: str, payload: bytes) -> str:
+        """Qiskit's text drawing of the program (parsed in a worker, like everything else)."""
+        return await self._call(aer_worker.draw_program, program_format, payload)
+
     async def export(self, program_format: str, payload: bytes) -> dict[str, Any]:
         """{"qpy": bytes | None, "qasm3": str | None, "errors": {form: why}} (worker-parsed)."""
         return await self._call(aer_worker.export_program, program_format, payload)

@@ -235,3 +235,9 @@ def export_program(program_format: str, payload: bytes) -> dict[str, Any]:
     except Exception as exc:
         out["errors"]["qasm3"] = f"{type(exc).__name__}: {exc}"
     return out
+
+
+def draw_program(program_format: str, payload: bytes, width: int = 100) -> str:
+    """The circuit as Qiskit's text drawing, folded at `width` columns (shown to the approver)."""
+    qc = load_circuit(program_format, payload)
+    return str(qc.draw(output="text", fold=width))

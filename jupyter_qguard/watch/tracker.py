@@ -182,6 +182,20 @@ class ChangeTracker:
         change["diff"] = await loop.run_in_executor(None, self._diff, change)
         return change
 
+    async def latest_diffs(self, paths: list[str]) -> list[dict[str, Any]]:
+        """For an approver: how each bound file last changed, and who changed it."""
+        latest = await self.broker._db(self.broker.store.latest_changes, paths)
+        loop = asyncio.get_running_loop()
+        out = []
+        for path in paths:
+            change = latest.get(path)
+            if change is None:
+                out.append({"path": path, "change": None})
+                continue
+            change["diff"] = await loop.run_in_executor(None, self._diff, change)
+            out.append({"path": path, "change": change})
+        return out
+
     def _content(self, sha: str | None, stored: bool) -> bytes | None:
         if sha is None:
             return None

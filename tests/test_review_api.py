@@ -1,0 +1,75 @@
+"""What the approval panel reads from the server: a job's review (source, circuit drawing, how
+its bound files last changed, budget left) and whether a kernel is a qguard agent kernel (the
+front end asks the server, since a kernelspec name can be copied)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from support.helpers import BELL, wait_for
+
+PAID = {
+    "policy_data": {
+        "backends": {
+            "aer_hw": {
+                "tier": "hardware",
+                "provider": "aer",
+                "price": {"model": "per_shot", "per_task": 0.5, "per_shot": 0.0, "currency": "USD"},
+            }
+        },
+        "limits": {"daily_budget_per_user": 10.0},
+    }
+}
+
+
+@pytest.mark.parametrize("qguard_config", [PAID], indirect=True)
+async def test_the_review_shows_source_drawing_file_changes_and_budget(
+    start_kernel, jp_fetch, jp_root_dir
+):
+    (jp_root_dir / "params.json").write_text('{"theta": 0.1}')
+    k = await start_kernel()
+    await k.run(BELL)
+
+    async def change_seen():
+        r = await jp_fetch("qguard", "api", "changes")
+        return [c for c in json.loads(r.body)["changes"] if c["path"] == "params.json"]
+
+    (jp_root_dir / "params.json").write_text('{"theta": 0.2}')
+    await wait_for(change_seen, timeout=15)
+    res = await k.run(
+        "from jupyter_qguard.kernel.jobs import submit\n"
+        "job = submit(bell, backend='aer_hw', shots=10, files={'params.json': None})\n"
+        "print(job.job_id)"
+    )
+    job_id = res["stdout"].strip().splitlines()[-1]
+    r = await jp_fetch("qguard", "api", "jobs", job_id, "review")
+    review = json.loads(r.body)
+    assert review["job_id"] == job_id and review["format"] == "qpy"
+    # Qiskit's text drawing: the H box and the CNOT's target on the second wire.
+    assert "┤ H ├" in review["drawing"] and "┤ X ├" in review["drawing"]
+    [params] = [f for f in review["files"] if f["path"] == "params.json"]
+    diff = params["change"]["diff"]
+    assert params["change"]["actor"].split(":")[0] in ("user", "kernel")
+    lines = json.dumps(diff, ensure_ascii=False)
+    assert '-{\\"theta\\": 0.1}' in lines and '+{\\"theta\\": 0.2}' in lines
+    assert review["budget"] == {
+        "daily": 10.0,
+        "spent_today": 0.0,
+        "left": 10.0,
+        "this_job": 0.5,
+        "currency": "USD",
+    }
+    missing = await jp_fetch("qguard", "api", "jobs", "0" * 32, "review", raise_error=False)
+    assert missing.code == 404
+
+
+async def test_the_server_says_which_kernels_are_agent_kernels(start_kernel, jp_fetch):
+    agent = await start_kernel()
+    plain = await start_kernel(name="python3")
+    r = await jp_fetch("qguard", "api", "kernels", agent.id)
+    report = json.loads(r.body)
+    assert report["agent"] is True and report["kernel_id"] == agent.id
+    assert "landlock" in report["sandbox"]["active"]
+    r = await jp_fetch("qguard", "api", "kernels", plain.id)
+    assert json.loads(r.body) == {"kernel_id": plain.id, "agent": False, "sandbox": None}
