@@ -58,7 +58,9 @@ export class QGuardError extends Error {
 
 /** The REST routes. */
 export class QGuardClient {
-  constructor(readonly serverSettings: ServerConnection.ISettings = ServerConnection.makeSettings()) {}
+  constructor(
+    readonly serverSettings: ServerConnection.ISettings = ServerConnection.makeSettings()
+  ) {}
 
   /** Pending jobs, newest first; the server caps `limit` at 1000. */
   async pendingJobs(limit: number): Promise<IJob[]> {
@@ -122,7 +124,9 @@ const LAST_RETRY_MS = 30000;
  * each time `stateChanged` reports 'open'.
  */
 export class JobEvents implements IDisposable {
-  constructor(readonly serverSettings: ServerConnection.ISettings = ServerConnection.makeSettings()) {
+  constructor(
+    readonly serverSettings: ServerConnection.ISettings = ServerConnection.makeSettings()
+  ) {
     this._connect();
   }
 

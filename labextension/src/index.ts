@@ -3,11 +3,7 @@
  * jobs that agents asked to run and that the policy sent to a human, with Approve and Deny.
  */
 
-import {
-  ILayoutRestorer,
-  JupyterFrontEnd,
-  JupyterFrontEndPlugin
-} from '@jupyterlab/application';
+import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { Notification } from '@jupyterlab/apputils';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
@@ -72,16 +68,20 @@ const plugin: JupyterFrontEndPlugin<void> = {
 /** A toast for a new request, with a button that opens the panel on it. */
 function announce(app: JupyterFrontEnd, panel: ApprovalsPanel, job: IJob): void {
   const who = job.requester.user || 'an agent';
-  Notification.info(`Quantum job waiting for approval: ${who} asks for ${job.shots} shots on ${job.backend}.`, {
-    autoClose: 10000,
-    actions: [
-      {
-        label: 'Review',
-        caption: 'Open the job approvals panel',
-        callback: () => app.shell.activateById(panel.id)
-      }
-    ]
-  });
+  const shots = job.shots.toLocaleString();
+  Notification.info(
+    `Quantum job waiting for approval: ${who} asks for ${shots} shots on ${job.backend}.`,
+    {
+      autoClose: 10000,
+      actions: [
+        {
+          label: 'Review',
+          caption: 'Open the job approvals panel',
+          callback: () => app.shell.activateById(panel.id)
+        }
+      ]
+    }
+  );
 }
 
 export default plugin;

@@ -6,7 +6,7 @@
  */
 
 import { InputDialog, showErrorMessage } from '@jupyterlab/apputils';
-import { LabIcon } from '@jupyterlab/ui-components';
+import { LabIcon, refreshIcon } from '@jupyterlab/ui-components';
 import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
@@ -15,10 +15,13 @@ import { ConnectionState, IJob, JobEvents, PENDING, QGuardClient, QGuardError } 
 // A shield with an atom's orbits. Stroked shapes sit in a fill="none" group so JupyterLab's
 // `.jp-icon3[fill]` theme rule (which recolours any element carrying a fill) leaves them hollow.
 const ICON_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
-  <g fill="none" stroke-width="1.6" stroke-linejoin="round">
-    <path class="jp-icon3" stroke="#616161" d="M12 2.2 4.2 5.3v5.8c0 4.9 3.3 9.1 7.8 10.7 4.5-1.6 7.8-5.8 7.8-10.7V5.3z"/>
-    <ellipse class="jp-icon3" stroke="#616161" cx="12" cy="11.6" rx="4.7" ry="1.9" transform="rotate(35 12 11.6)"/>
-    <ellipse class="jp-icon3" stroke="#616161" cx="12" cy="11.6" rx="4.7" ry="1.9" transform="rotate(-35 12 11.6)"/>
+  <g fill="none" stroke-width="1.9" stroke-linejoin="round">
+    <path class="jp-icon3" stroke="#616161"
+      d="M12 2.2 4.2 5.3v5.8c0 4.9 3.3 9.1 7.8 10.7 4.5-1.6 7.8-5.8 7.8-10.7V5.3z"/>
+    <ellipse class="jp-icon3" stroke="#616161" cx="12" cy="11.6" rx="4.7" ry="1.9"
+      transform="rotate(35 12 11.6)"/>
+    <ellipse class="jp-icon3" stroke="#616161" cx="12" cy="11.6" rx="4.7" ry="1.9"
+      transform="rotate(-35 12 11.6)"/>
   </g>
   <circle class="jp-icon3" fill="#616161" cx="12" cy="11.6" r="1.3"/>
 </svg>`;
@@ -57,13 +60,14 @@ export class ApprovalsPanel extends Widget {
     // Announced when it changes, without taking the user away from what they are doing.
     this._count.setAttribute('aria-live', 'polite');
     this._connection = element('span', 'jp-QGuard-connection');
-    const refresh = element('button', 'jp-QGuard-refresh', 'Refresh');
+    const refresh = element('button', 'jp-QGuard-refresh');
     refresh.type = 'button';
+    refresh.title = 'Refresh';
     refresh.setAttribute('aria-label', 'Refresh the pending jobs');
+    refresh.append(refreshIcon.element({ tag: 'span', elementSize: 'normal' }));
     refresh.addEventListener('click', () => void this.refresh());
     this._refreshButton = refresh;
-    heading.append(' ', this._count);
-    header.append(heading, this._connection, refresh);
+    header.append(heading, this._count, this._connection, refresh);
 
     this._message = element('p', 'jp-QGuard-message');
     this._message.setAttribute('role', 'status');
@@ -216,7 +220,8 @@ export class ApprovalsPanel extends Widget {
       return;
     }
     const hadFocus = item.contains(document.activeElement);
-    const neighbour = (item.nextElementSibling ?? item.previousElementSibling) as HTMLElement | null;
+    const neighbour = (item.nextElementSibling ??
+      item.previousElementSibling) as HTMLElement | null;
     item.remove();
     if (hadFocus) {
       // Do not drop the keyboard user on <body> when the job they acted on leaves.
@@ -273,7 +278,11 @@ export class ApprovalsPanel extends Widget {
     const notebook = job.requester.notebook;
     field('Notebook', notebook ? basename(notebook) : '—', notebook ?? undefined);
     const cell = job.requester.cell_id;
-    field('Cell', cell ? code(short(cell, 8)) : '—', cell ? `${cell} (as the kernel reported it)` : undefined);
+    field(
+      'Cell',
+      cell ? code(short(cell, 8)) : '—',
+      cell ? `${cell} (as the kernel reported it)` : undefined
+    );
     field('Digest', code(short(job.digest, 12)), job.digest);
     const needed = job.decision?.approvals_required ?? 1;
     if (needed > 1) {
@@ -282,9 +291,10 @@ export class ApprovalsPanel extends Widget {
     if (typeof job.cost === 'number') {
       field('Cost', job.cost.toLocaleString());
     }
-    const asked = element('time', undefined, new Date(job.created_at).toLocaleString());
+    const created = new Date(job.created_at);
+    const asked = element('time', undefined, when(created));
     asked.dateTime = job.created_at;
-    field('Asked', asked);
+    field('Asked', asked, created.toLocaleString());
 
     const actions = element('div', 'jp-QGuard-actions');
     const approve = button('Approve', `Approve job ${id}`, 'jp-QGuard-approve');
@@ -324,7 +334,7 @@ export class ApprovalsPanel extends Widget {
       const result = await InputDialog.getText({
         title: `Deny job ${id}`,
         label: 'Why? The reason is recorded with the job and in the audit log.',
-        placeholder: 'e.g. too many shots for a first run',
+        placeholder: 'e.g. too many shots',
         okLabel: 'Deny',
         required: true
       });
@@ -337,7 +347,11 @@ export class ApprovalsPanel extends Widget {
   }
 
   /** Runs one request for a job with its buttons disabled, and reports what went wrong. */
-  private async _act(job: IJob, failure: string, request: () => Promise<IJob | null>): Promise<void> {
+  private async _act(
+    job: IJob,
+    failure: string,
+    request: () => Promise<IJob | null>
+  ): Promise<void> {
     if (this._busy.has(job.id)) {
       return;
     }
@@ -426,6 +440,14 @@ function version(job: IJob): string {
 
 function newestFirst(a: IJob, b: IJob): number {
   return b.created_at.localeCompare(a.created_at) || a.id.localeCompare(b.id);
+}
+
+/** The time alone for today's requests: the sidebar is narrow. */
+function when(date: Date): string {
+  if (date.toDateString() === new Date().toDateString()) {
+    return date.toLocaleTimeString();
+  }
+  return date.toLocaleString(undefined, { dateStyle: 'short', timeStyle: 'short' });
 }
 
 function messageOf(err: unknown): string {
