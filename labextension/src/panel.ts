@@ -49,7 +49,7 @@ export class ApprovalsPanel extends Widget {
     this.id = PANEL_ID;
     this.addClass('jp-QGuard');
     this.title.icon = qguardIcon;
-    // The sidebar shows the icon; the count goes on the tab as a badge (see _showCount).
+    // The sidebar shows the icon; the count goes on the tab as a badge (see _update).
     this.title.label = '';
     this.title.caption = CAPTION;
 
@@ -69,7 +69,7 @@ export class ApprovalsPanel extends Widget {
     this._refreshButton = refresh;
     header.append(heading, this._count, this._connection, refresh);
 
-    this._message = element('p', 'jp-QGuard-message');
+    this._message = element('p', 'jp-QGuard-message', 'Loading…');
     this._message.setAttribute('role', 'status');
 
     this._list = element('ul', 'jp-QGuard-list');
