@@ -11,7 +11,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Installs the package (server extension config + kernelspec land in the venv's prefix).
+# Installs the package (server extension config + kernelspec land in the venv's prefix). The
+# build hook runs npm in labextension/ (Node and npm needed) to build the JupyterLab extension.
 env: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 
@@ -32,4 +33,5 @@ bench: env
 	@cat bench/results.json
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info jupyter_qguard/labextension \
+	       labextension/node_modules labextension/lib labextension/tsconfig.tsbuildinfo

@@ -1,0 +1,244 @@
+/**
+ * The server's side of the panel: the REST routes under qguard/api/ and the job event stream.
+ *
+ * Shapes follow jupyter_qguard/broker/store.py (`_job_dict`) and handlers.py; README.md,
+ * "REST API and events", is the reference.
+ */
+
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+import { IDisposable } from '@lumino/disposable';
+import { ISignal, Signal } from '@lumino/signaling';
+
+/** Where a job came from. The broker fills it from the kernel channel, never from the request. */
+export interface IRequester {
+  user: string;
+  kernel_id?: string | null;
+  notebook?: string | null;
+  /** The kernel's own word, for orientation only. */
+  cell_id?: string | null;
+}
+
+/** A job as the REST API and the event stream give it (the fields the panel reads). */
+export interface IJob {
+  id: string;
+  state: string;
+  created_at: string;
+  updated_at: string;
+  requester: IRequester;
+  backend: string;
+  shots: number;
+  cost?: number | null;
+  /** What an approval is bound to: approving sends it back, and a changed job fails it. */
+  digest: string;
+  reason?: string | null;
+  approvals_given?: number;
+  /** The policy's decision; the panel reads how many approvals it asks for. */
+  decision?: { approvals_required?: number; mfa_required?: boolean } | null;
+}
+
+export const PENDING = 'pending_approval';
+
+/** A refused request, with the server's own explanation. */
+export class QGuardError extends Error {
+  constructor(
+    message: string,
+    readonly status: number,
+    /** The HTTP reason the server chose, e.g. "mfa_required" for a 403 that wants a code. */
+    readonly reason: string
+  ) {
+    super(message);
+    this.name = 'QGuardError';
+  }
+
+  get mfaRequired(): boolean {
+    return this.status === 403 && this.reason === 'mfa_required';
+  }
+}
+
+/** The REST routes. */
+export class QGuardClient {
+  constructor(
+    readonly serverSettings: ServerConnection.ISettings = ServerConnection.makeSettings()
+  ) {}
+
+  /** Pending jobs, newest first; the server caps `limit` at 1000. */
+  async pendingJobs(limit: number): Promise<IJob[]> {
+    const query = URLExt.objectToQueryString({ state: PENDING, limit: String(limit) });
+    const reply = await this._request<{ jobs: IJob[] }>(`jobs${query}`, { method: 'GET' });
+    return reply.jobs;
+  }
+
+  /** `otp` only where the policy asked for a second factor (a 403 "mfa_required" first). */
+  approve(job: IJob, otp?: string): Promise<IJob> {
+    const body: { digest: string; otp?: string } = { digest: job.digest };
+    if (otp !== undefined) {
+      body.otp = otp;
+    }
+    return this._post(`jobs/${encodeURIComponent(job.id)}/approve`, body);
+  }
+
+  deny(job: IJob, reason: string): Promise<IJob> {
+    return this._post(`jobs/${encodeURIComponent(job.id)}/deny`, { reason });
+  }
+
+  private _post(path: string, body: object): Promise<IJob> {
+    return this._request<IJob>(path, { method: 'POST', body: JSON.stringify(body) });
+  }
+
+  private async _request<T>(path: string, init: RequestInit): Promise<T> {
+    const url = URLExt.join(this.serverSettings.baseUrl, 'qguard/api', path);
+    // makeRequest adds the token or XSRF header; a NetworkError here means no reply at all.
+    const response = await ServerConnection.makeRequest(url, init, this.serverSettings);
+    const text = await response.text();
+    let data: unknown = undefined;
+    try {
+      data = text ? JSON.parse(text) : undefined;
+    } catch {
+      // Not JSON (a proxy's error page, say): reported below by status.
+    }
+    if (!response.ok) {
+      // jupyter_server's APIHandler answers errors as {"message": ..., "reason": ...}.
+      const reply = (data ?? {}) as { message?: unknown; reason?: unknown };
+      const message =
+        typeof reply.message === 'string' && reply.message
+          ? reply.message
+          : `${response.status} ${response.statusText}`.trim();
+      const reason = typeof reply.reason === 'string' ? reply.reason : response.statusText;
+      throw new QGuardError(message, response.status, reason);
+    }
+    return data as T;
+  }
+}
+
+/** The event stream's connection, as the panel shows it. */
+export type ConnectionState = 'connecting' | 'open' | 'closed';
+
+const FIRST_RETRY_MS = 1000;
+const LAST_RETRY_MS = 30000;
+
+/**
+ * The websocket qguard/api/events, reopened with exponential backoff whenever it closes.
+ *
+ * Events sent while the socket was down are lost, so listeners should read the job list again
+ * each time `stateChanged` reports 'open'.
+ */
+export class JobEvents implements IDisposable {
+  constructor(
+    readonly serverSettings: ServerConnection.ISettings = ServerConnection.makeSettings()
+  ) {
+    this._connect();
+  }
+
+  /** A job changed (any state). */
+  get jobChanged(): ISignal<this, IJob> {
+    return this._jobChanged;
+  }
+
+  get stateChanged(): ISignal<this, ConnectionState> {
+    return this._stateChanged;
+  }
+
+  get state(): ConnectionState {
+    return this._state;
+  }
+
+  get isDisposed(): boolean {
+    return this._disposed;
+  }
+
+  dispose(): void {
+    if (this._disposed) {
+      return;
+    }
+    this._disposed = true;
+    window.clearTimeout(this._retryTimer);
+    if (this._socket) {
+      this._socket.onclose = null;
+      this._socket.close();
+      this._socket = null;
+    }
+    Signal.clearData(this);
+  }
+
+  private _connect(): void {
+    const settings = this.serverSettings;
+    let url = URLExt.join(settings.wsUrl, 'qguard/api/events');
+    // Same rule as the kernel sockets of @jupyterlab/services: the token travels in the URL only
+    // where the cookie cannot (another host, or a page configured so).
+    if (settings.appendToken && settings.token) {
+      url += `?token=${encodeURIComponent(settings.token)}`;
+    }
+    this._setState('connecting');
+    const socket = new settings.WebSocket(url);
+    this._socket = socket;
+    socket.onopen = () => {
+      this._delay = FIRST_RETRY_MS;
+      this._setState('open');
+    };
+    socket.onmessage = (msg: MessageEvent) => this._onMessage(msg);
+    // An error is always followed by a close, which is where the retry is planned.
+    socket.onclose = () => {
+      this._socket = null;
+      this._setState('closed');
+      this._scheduleReconnect();
+    };
+  }
+
+  private _scheduleReconnect(): void {
+    if (this._disposed) {
+      return;
+    }
+    // Jitter keeps many tabs from reconnecting in step after a server restart.
+    const wait = this._delay * (0.75 + Math.random() * 0.5);
+    this._delay = Math.min(this._delay * 2, LAST_RETRY_MS);
+    this._retryTimer = window.setTimeout(() => this._connect(), wait);
+  }
+
+  private _onMessage(msg: MessageEvent): void {
+    if (typeof msg.data !== 'string') {
+      return;
+    }
+    let event: unknown;
+    try {
+      event = JSON.parse(msg.data);
+    } catch {
+      console.warn('jupyter-qguard: an event that is not JSON was ignored');
+      return;
+    }
+    // "approval" is one approval recorded on a job that needs more. The stream also carries
+    // workspace changes, alerts and audit news, which are not this panel's business.
+    if (isJobEvent(event)) {
+      this._jobChanged.emit(event.job);
+    }
+  }
+
+  private _setState(state: ConnectionState): void {
+    if (state !== this._state) {
+      this._state = state;
+      this._stateChanged.emit(state);
+    }
+  }
+
+  private _socket: WebSocket | null = null;
+  private _state: ConnectionState = 'closed';
+  private _delay = FIRST_RETRY_MS;
+  private _retryTimer = 0;
+  private _disposed = false;
+  private _jobChanged = new Signal<this, IJob>(this);
+  private _stateChanged = new Signal<this, ConnectionState>(this);
+}
+
+function isJobEvent(value: unknown): value is { type: 'job' | 'approval'; job: IJob } {
+  if (typeof value !== 'object' || value === null) {
+    return false;
+  }
+  const { type, job } = value as { type?: unknown; job?: unknown };
+  return (
+    (type === 'job' || type === 'approval') &&
+    typeof job === 'object' &&
+    job !== null &&
+    typeof (job as { id?: unknown }).id === 'string' &&
+    typeof (job as { state?: unknown }).state === 'string'
+  );
+}

@@ -1,0 +1,87 @@
+/**
+ * jupyter-qguard: the JupyterLab side of jupyter_qguard. A left-sidebar panel lists the quantum
+ * jobs that agents asked to run and that the policy sent to a human, with Approve and Deny.
+ */
+
+import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { Notification } from '@jupyterlab/apputils';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
+
+import { IJob, JobEvents, QGuardClient } from './api';
+import { ApprovalsPanel } from './panel';
+
+const PLUGIN_ID = 'jupyter-qguard:plugin';
+
+/** Mirrors schema/plugin.json, for when there is no setting registry. */
+const DEFAULTS = { notifyOnRequest: true, maxJobs: 200 };
+
+const plugin: JupyterFrontEndPlugin<void> = {
+  id: PLUGIN_ID,
+  description: 'Approve or deny, from a side panel, the quantum jobs that agents ask to run.',
+  autoStart: true,
+  optional: [ISettingRegistry, ILayoutRestorer],
+  activate: (
+    app: JupyterFrontEnd,
+    registry: ISettingRegistry | null,
+    restorer: ILayoutRestorer | null
+  ): void => {
+    // The application's own server settings: the same base URL, token and XSRF handling as
+    // every other request the page makes.
+    const serverSettings = app.serviceManager.serverSettings;
+    const events = new JobEvents(serverSettings);
+    const panel = new ApprovalsPanel({
+      client: new QGuardClient(serverSettings),
+      events,
+      limit: DEFAULTS.maxJobs
+    });
+    panel.disposed.connect(() => events.dispose());
+
+    app.shell.add(panel, 'left', { rank: 650 });
+    // Keeps the panel open (or not) across page reloads, like the file browser.
+    restorer?.add(panel, panel.id);
+
+    let notify = DEFAULTS.notifyOnRequest;
+    panel.requested.connect((_, job) => {
+      if (notify) {
+        announce(app, panel, job);
+      }
+    });
+
+    if (registry) {
+      registry
+        .load(PLUGIN_ID)
+        .then(settings => {
+          const apply = (): void => {
+            notify = settings.get('notifyOnRequest').composite as boolean;
+            panel.limit = settings.get('maxJobs').composite as number;
+          };
+          apply();
+          settings.changed.connect(apply);
+        })
+        .catch(reason => {
+          console.error(`jupyter-qguard: settings could not be loaded, defaults apply: ${reason}`);
+        });
+    }
+  }
+};
+
+/** A toast for a new request, with a button that opens the panel on it. */
+function announce(app: JupyterFrontEnd, panel: ApprovalsPanel, job: IJob): void {
+  const who = job.requester.user || 'an agent';
+  const shots = job.shots.toLocaleString();
+  Notification.info(
+    `Quantum job waiting for approval: ${who} asks for ${shots} shots on ${job.backend}.`,
+    {
+      autoClose: 10000,
+      actions: [
+        {
+          label: 'Review',
+          caption: 'Open the job approvals panel',
+          callback: () => app.shell.activateById(panel.id)
+        }
+      ]
+    }
+  );
+}
+
+export default plugin;
