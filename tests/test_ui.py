@@ -44,7 +44,11 @@ def ensure_chromium() -> None:
         return
     assert os.geteuid() == 0, f"{CHROMIUM} is missing: install Debian's chromium (as root)"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, env=env)
+    install = ["apt-get", "install", "-y", "-q", "chromium"]
+    if subprocess.run(install, env=env).returncode != 0:
+        # A fresh machine may have no package lists yet.
+        subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+        subprocess.run(install, check=True, env=env)
 
 
 def ensure_runner() -> None:
