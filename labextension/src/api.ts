@@ -33,8 +33,43 @@ export interface IJob {
   digest: string;
   reason?: string | null;
   approvals_given?: number;
-  /** The policy's decision; the panel reads how many approvals it asks for. */
-  decision?: { approvals_required?: number; mfa_required?: boolean } | null;
+  /** The policy's decision and what fed it (lint, cost, the preflight run). */
+  decision?: IDecision | null;
+}
+
+export interface IFinding {
+  severity: string;
+  code: string;
+  message: string;
+}
+
+export interface IDecision {
+  approvals_required?: number;
+  mfa_required?: boolean;
+  allow?: boolean;
+  deny?: string[];
+  notes?: string[];
+  lint?: { findings?: IFinding[] };
+  cost?: { estimate?: number; currency?: string };
+  preflight?: { counts?: Record<string, number>; shots?: number; skipped?: string };
+}
+
+/** What an approver reads beyond the job (GET jobs/{id}/review). */
+export interface IReview {
+  source?: string | null;
+  format: string;
+  drawing?: string | null;
+  files: {
+    path: string;
+    change: { actor: string; diff?: { lines?: string[]; unavailable?: string } } | null;
+  }[];
+  budget: {
+    daily?: number | null;
+    spent_today: number;
+    left?: number | null;
+    this_job?: number | null;
+    currency: string;
+  };
 }
 
 export const PENDING = 'pending_approval';
@@ -76,6 +111,10 @@ export class QGuardClient {
       body.otp = otp;
     }
     return this._post(`jobs/${encodeURIComponent(job.id)}/approve`, body);
+  }
+
+  review(job: IJob): Promise<IReview> {
+    return this._request<IReview>(`jobs/${encodeURIComponent(job.id)}/review`, { method: 'GET' });
   }
 
   deny(job: IJob, reason: string): Promise<IJob> {

@@ -11,6 +11,7 @@ import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
 import { ConnectionState, IJob, JobEvents, PENDING, QGuardClient, QGuardError } from './api';
+import { reviewSection } from './review';
 
 // A shield with an atom's orbits. Stroked shapes sit in a fill="none" group so JupyterLab's
 // `.jp-icon3[fill]` theme rule (which recolours any element carrying a fill) leaves them hollow.
@@ -308,7 +309,7 @@ export class ApprovalsPanel extends Widget {
       setBusy(item, true);
     }
 
-    item.append(top, fields, actions);
+    item.append(top, fields, reviewSection(job, this._client), actions);
     return item;
   }
 

@@ -52,6 +52,14 @@ test('a job is approved in the panel and the waiting cell prints the counts', as
   const submittedAt = Date.now();
   await expect(panel.locator('.jp-QGuard-job')).toHaveCount(1, { timeout: 5_000 });
   expect(Date.now() - submittedAt).toBeLessThan(1_000);
+  // The review: the circuit as drawn by Qiskit, and the noisy preflight run as a histogram.
+  const job = panel.locator('.jp-QGuard-job').first();
+  await job.locator('.jp-QGuard-review summary').click();
+  await expect(job.locator('.jp-QGuard-drawing')).toContainText('┤ H ├', { timeout: 10_000 });
+  await expect(job.locator('.jp-QGuard-histogram tr[data-outcome="00"]')).toBeVisible();
+  await expect(job.locator('.jp-QGuard-histogram tr[data-outcome="11"]')).toBeVisible();
+  await expect(job.locator('.jp-QGuard-budget')).toContainText('this job: 0.00 USD');
+  await expect(job.locator('.jp-QGuard-file').first()).toContainText('approve.ipynb');
   await page.screenshot({ path: `${ARTIFACTS}/panel-pending-light.png` });
   await panel.locator('.jp-QGuard-approve').first().click();
   await expect(panel.locator('.jp-QGuard-job')).toHaveCount(0, { timeout: 10_000 });
