@@ -55,6 +55,14 @@ class QGuardAPIHandler(ExtensionHandlerMixin, APIHandler):
                 raise web.HTTPError(400, f"the body needs {key!r} ({kind.__name__})")
         return body
 
+    def limit_arg(self, default: int, maximum: int = 1000) -> int:
+        """?limit=N, held to 1..maximum; 400 if it is not an integer."""
+        try:
+            value = int(self.get_query_argument("limit", str(default)))
+        except ValueError:
+            raise web.HTTPError(400, "limit must be an integer") from None
+        return min(max(value, 1), maximum)
+
     async def job_or_404(self, job_id: str, *, history: bool = False) -> dict[str, Any]:
         try:
             return await self.broker.get(job_id, history=history)
@@ -70,11 +78,7 @@ class JobsHandler(QGuardAPIHandler):
         for s in states:
             if s not in State.__members__.values():
                 raise web.HTTPError(400, f"unknown state {s!r}")
-        try:
-            limit = min(max(int(self.get_query_argument("limit", "200")), 1), 1000)
-        except ValueError:
-            raise web.HTTPError(400, "limit must be an integer") from None
-        jobs = await self.broker.list_jobs(states=states or None, limit=limit)
+        jobs = await self.broker.list_jobs(states=states or None, limit=self.limit_arg(200))
         self.finish(json.dumps({"jobs": jobs}))
 
 
@@ -225,6 +229,7 @@ class ChangesHandler(ChangesBase):
         """?since=<change id> or ?since=<ISO time>; ?limit= (≤ 1000)."""
         since = self.get_query_argument("since", "")
         since_id, since_time = 0, None
+        limit = self.limit_arg(200)
         try:
             if since.isdigit():
                 since_id = int(since)
@@ -232,11 +237,8 @@ class ChangesHandler(ChangesBase):
                 since_time = dt.datetime.fromisoformat(since.replace("Z", "+00:00"))
                 if since_time.tzinfo is None:
                     since_time = since_time.replace(tzinfo=dt.UTC)
-            limit = min(max(int(self.get_query_argument("limit", "200")), 1), 1000)
         except ValueError:
-            raise web.HTTPError(
-                400, "since must be a change id or an ISO 8601 time; limit an integer"
-            ) from None
+            raise web.HTTPError(400, "since must be a change id or an ISO 8601 time") from None
         changes = await self.tracker.list(since_id=since_id, since=since_time, limit=limit)
         self.finish(json.dumps({"changes": changes}))
 
@@ -279,11 +281,7 @@ class AuditHandler(QGuardAPIHandler):
         if audit is None:
             raise web.HTTPError(404, "this server keeps no audit log")
         job = self.get_query_argument("job", "")
-        try:
-            limit = min(max(int(self.get_query_argument("limit", "100")), 1), 1000)
-        except ValueError:
-            raise web.HTTPError(400, "limit must be an integer") from None
-        entries = await asyncio.to_thread(audit.tail, limit, job or None)
+        entries = await asyncio.to_thread(audit.tail, self.limit_arg(100), job or None)
         checkpoint = audit.dir / "checkpoint"
         self.finish(
             json.dumps(

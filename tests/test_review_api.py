@@ -73,3 +73,17 @@ async def test_the_server_says_which_kernels_are_agent_kernels(start_kernel, jp_
     assert "landlock" in report["sandbox"]["active"]
     r = await jp_fetch("qguard", "api", "kernels", plain.id)
     assert json.loads(r.body) == {"kernel_id": plain.id, "agent": False, "sandbox": None}
+
+
+async def test_limit_is_one_rule_for_every_listing(jp_fetch, broker):
+    for route in (("jobs",), ("changes",), ("audit",)):
+        r = await jp_fetch("qguard", "api", *route, params={"limit": "x"}, raise_error=False)
+        assert r.code == 400, route
+        assert json.loads(r.body)["message"] == "limit must be an integer"
+    r = await jp_fetch("qguard", "api", "audit", params={"limit": "0"})
+    assert len(json.loads(r.body)["entries"]) == 1  # held to at least one
+    r = await jp_fetch("qguard", "api", "changes", params={"since": "yesterday"}, raise_error=False)
+    assert (r.code, json.loads(r.body)["message"]) == (
+        400,
+        "since must be a change id or an ISO 8601 time",
+    )
