@@ -18,6 +18,7 @@ from .audit.log import AuditLog, origin_for
 from .broker import runtime
 from .broker.service import Broker
 from .broker.store import Store, sqlite_url
+from .fsutil import read_or_create_key
 from .handlers import ROUTES
 from .policy.engine import PolicyEngine
 from .providers import provider_classes
@@ -505,12 +506,8 @@ class QGuardApp(ExtensionApp):
         elsewhere): the key lives in the state dir, which kernels cannot read."""
         from .watch import secrets
 
-        path = Path(self.state_dir) / "secret-fingerprint.key"
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(os.urandom(32))
-        secrets.set_fingerprint_key(path.read_bytes())
+        key = read_or_create_key(Path(self.state_dir) / "secret-fingerprint.key")
+        secrets.set_fingerprint_key(key)
 
     def _agent_activity(self) -> dict[str, tuple[str, float]]:
         """(execution state, last activity) of each agent kernel, as the server sees them."""

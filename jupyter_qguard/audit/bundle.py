@@ -28,8 +28,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .fsutil import write_atomic
-from .log import AuditLog
+from ..fsutil import write_atomic
+from .log import AuditLog, job_lines
 from .merkle import leaf_hash, verify_inclusion
 from .note import NoteError, VerifierKey, open_note
 from .verify import Problem
@@ -76,25 +76,15 @@ def seal(directory: Path, job_id: str, manifest: bytes, audit: AuditLog) -> int:
     if note is None or audit.key is None:
         raise RuntimeError("the audit log has no signing key: the bundle cannot be sealed")
     size = int(note.split("\n")[1])
-    needle = f'"job":"{job_id}"'.encode()
-    entries = []
-    for seq, line in enumerate(_lines(audit.path, size)):
-        if needle in line:
-            entries.append({"line": line.decode(), **audit.proof(seq, size)})
+    found = list(job_lines(audit.path, job_id, size))
+    proofs = audit.proofs([seq for seq, _ in found], size)
+    entries = [
+        {"line": line.decode(), **proof} for (_, line), proof in zip(found, proofs, strict=True)
+    ]
     write_atomic(directory / "inclusion.json", _json({"size": size, "entries": entries}))
     write_atomic(directory / "checkpoint.note", note)
     write_atomic(directory / "verifier.key", audit.key.vkey() + "\n")
     return index
-
-
-def _lines(path: Path, limit: int) -> list[bytes]:
-    out = []
-    with open(path, "rb") as f:
-        for line in f:
-            if len(out) == limit:
-                break
-            out.append(line.rstrip(b"\n"))
-    return out
 
 
 def verify(directory: Path, trusted: VerifierKey | None = None) -> dict[str, Any]:

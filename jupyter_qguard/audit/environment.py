@@ -10,11 +10,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import platform
 import re
 import sys
-import tempfile
 import uuid
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +24,8 @@ from cyclonedx.model.component import Component, ComponentType
 from cyclonedx.output import make_outputter
 from cyclonedx.schema import OutputFormat, SchemaVersion
 from packageurl import PackageURL
+
+from ..fsutil import write_atomic
 
 # Namespace of the SBOM serial numbers: uuid5(namespace, environment hash).
 _SERIAL_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://jupyter-qguard/sbom/environment")
@@ -171,15 +171,5 @@ def sbom(env: dict[str, Any], cache_dir: Path) -> bytes:
         pass
     data = _build(env)
     cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # mkstemp creates the file 0o600; os.replace makes the entry appear whole or not at all.
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{env_hash}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(target, data)
     return data

@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 
-from .fsutil import append_bytes, write_atomic
+from ..fsutil import append_bytes, read_or_create_key, write_atomic
 from .merkle import CompactTree, inclusion_proof, leaf_hash
 from .note import Checkpoint, Signer, VerifierKey
 from .witness import Witness, WitnessRefused
@@ -95,19 +95,26 @@ class Leaves(Sequence[bytes]):
         return bytes(self._buf[i * 32 : i * 32 + 32])
 
 
-def iter_lines(path: Path) -> Iterator[bytes]:
-    """The log's lines as written (newline kept: a last line without one was cut short)."""
+def job_lines(
+    path: Path, job: str | None = None, size: int | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """(index, line without its newline) of the whole entries among the first `size` (all by
+    default), of one job's if given. The job is matched on the raw line (its canonical form has
+    `"job":"<id>"`), so only matching lines are parsed."""
+    if not path.exists():
+        return
+    needle = f'"job":"{job}"'.encode() if job else None
     with open(path, "rb") as f:
-        yield from f
+        for seq, line in enumerate(f):
+            if seq == size or not line.endswith(b"\n"):
+                return  # the end asked for, or a last line cut short
+            if needle is None or needle in line:
+                yield seq, line[:-1]
 
 
 def read_tail(path: Path, limit: int, job: str | None = None) -> list[dict[str, Any]]:
     """The last `limit` entries (of one job's, if given), oldest first."""
-    needle = f'"job":"{job}"'.encode() if job else None
-    out: deque[bytes] = deque(maxlen=limit)
-    for line in iter_lines(path) if path.exists() else ():
-        if line.endswith(b"\n") and (needle is None or needle in line):
-            out.append(line)
+    out: deque[bytes] = deque((line for _, line in job_lines(path, job)), maxlen=limit)
     return [json.loads(line) for line in out]
 
 
@@ -143,18 +150,10 @@ class AuditLog:
         self._size = 0  # bytes of the log this object wrote or read: the next write starts here
         self._signed_size = -1
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._salt = self._load_salt()
+        self._salt = read_or_create_key(self.dir / SALT_NAME)
         self.recovered = self._load()
 
     # -- startup ----------------------------------------------------------------------------
-
-    def _load_salt(self) -> bytes:
-        path = self.dir / SALT_NAME
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(os.urandom(32))
-        return path.read_bytes()
 
     def _load(self) -> dict[str, Any] | None:
         """Hash what is there; cut off a last line a crash left unfinished (it is kept aside
@@ -310,21 +309,19 @@ class AuditLog:
                 raise WitnessRefused(f"the witness did not take checkpoint {size}: {exc}") from exc
         return note
 
-    def proof(self, index: int, size: int | None = None) -> dict[str, Any]:
-        """The inclusion proof of entry `index` in the tree of the first `size` entries."""
-        size = self._tree.size if size is None else size
-        hashes = inclusion_proof(self.leaves[:size], index)
-        return {
-            "index": index,
-            "size": size,
-            "leaf": self.leaves[index].hex(),
-            "proof": [base64.b64encode(h).decode() for h in hashes],
-        }
+    def proofs(self, indices: list[int], size: int) -> list[dict[str, Any]]:
+        """Inclusion proofs of these entries in the tree of the first `size` entries (the
+        leaves are unpacked once for all of them)."""
+        leaves = self.leaves[:size]
+        return [
+            {
+                "index": index,
+                "size": size,
+                "leaf": leaves[index].hex(),
+                "proof": [base64.b64encode(h).decode() for h in inclusion_proof(leaves, index)],
+            }
+            for index in indices
+        ]
 
     def tail(self, limit: int, job: str | None = None) -> list[dict[str, Any]]:
         return read_tail(self.path, limit, job)
-
-    def entries(self) -> Iterator[dict[str, Any]]:
-        for line in iter_lines(self.path) if self.path.exists() else ():
-            if line.endswith(b"\n"):
-                yield json.loads(line)

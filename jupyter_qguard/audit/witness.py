@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .fsutil import write_atomic
+from ..fsutil import write_atomic
 from .note import Checkpoint, NoteError, VerifierKey, open_note
 
 CHECKPOINT_NAME = "checkpoint"
