@@ -265,11 +265,12 @@ def _order(report: Report, seqs: array) -> set[int]:
             if len(missing) == 1
             else f"{len(missing)} entries ({missing[0]}, ...) are"
         )
-        report.add(
-            "deleted",
-            missing[0],
-            f"{span} missing: the log goes from entry {missing[0] - 1} to entry {seqs[first]}",
+        where = (
+            f"the log starts at entry {seqs[first]}"
+            if missing[0] == 0
+            else f"the log goes from entry {missing[0] - 1} to entry {seqs[first]}"
         )
+        report.add("deleted", missing[0], f"{span} missing: {where}")
     elif dups:
         report.add("duplicated", dups[0], f"entry {dups[0]} appears {counts[dups[0]]} times")
     else:

@@ -162,6 +162,15 @@ def test_a_deleted_entry_is_found_and_located(tmp_path, signer):
     assert "entry 12 is missing" in report.problems[0].message
 
 
+def test_a_deleted_first_entry_is_named_as_such(tmp_path, signer):
+    log = new_log(tmp_path, signer)
+    fill(log, 5)
+    write(log, lines(log)[1:])
+    report = check(tmp_path, log, witness=False)
+    assert kinds(report) == [("deleted", 0)]
+    assert report.problems[0].message == "entry 0 is missing: the log starts at entry 1"
+
+
 def test_reordered_entries_are_found_and_located(tmp_path, signer):
     log = new_log(tmp_path, signer)
     fill(log, 20)
