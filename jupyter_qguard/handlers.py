@@ -63,6 +63,19 @@ class QGuardAPIHandler(ExtensionHandlerMixin, APIHandler):
             raise web.HTTPError(400, "limit must be an integer") from None
         return min(max(value, 1), maximum)
 
+    def time_arg(
+        self, name: str, value: str | None = None, *, accepts: str = "an ISO 8601 time"
+    ) -> dt.datetime | None:
+        """An ISO 8601 query argument (no zone means UTC); None when absent."""
+        text = self.get_query_argument(name, "") if value is None else value
+        if not text:
+            return None
+        try:
+            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise web.HTTPError(400, f"{name} must be {accepts}") from None
+        return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
     async def job_or_404(self, job_id: str, *, history: bool = False) -> dict[str, Any]:
         try:
             return await self.broker.get(job_id, history=history)
@@ -74,11 +87,19 @@ class JobsHandler(QGuardAPIHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
+        """Newest first. Filters: ?state=a,b ?backend= ?user= (the requester); ?before=<the
+        last row's created_at> pages back; ?limit= (≤ 1000)."""
         states = [s for s in self.get_query_argument("state", "").split(",") if s]
         for s in states:
             if s not in State.__members__.values():
                 raise web.HTTPError(400, f"unknown state {s!r}")
-        jobs = await self.broker.list_jobs(states=states or None, limit=self.limit_arg(200))
+        jobs = await self.broker.list_jobs(
+            states=states or None,
+            limit=self.limit_arg(200),
+            backend=self.get_query_argument("backend", "") or None,
+            user=self.get_query_argument("user", "") or None,
+            before=self.time_arg("before"),
+        )
         self.finish(json.dumps({"jobs": jobs}))
 
 
@@ -230,15 +251,10 @@ class ChangesHandler(ChangesBase):
         since = self.get_query_argument("since", "")
         since_id, since_time = 0, None
         limit = self.limit_arg(200)
-        try:
-            if since.isdigit():
-                since_id = int(since)
-            elif since:
-                since_time = dt.datetime.fromisoformat(since.replace("Z", "+00:00"))
-                if since_time.tzinfo is None:
-                    since_time = since_time.replace(tzinfo=dt.UTC)
-        except ValueError:
-            raise web.HTTPError(400, "since must be a change id or an ISO 8601 time") from None
+        if since.isdigit():
+            since_id = int(since)
+        else:
+            since_time = self.time_arg("since", since, accepts="a change id or an ISO 8601 time")
         changes = await self.tracker.list(since_id=since_id, since=since_time, limit=limit)
         self.finish(json.dumps({"changes": changes}))
 

@@ -87,3 +87,61 @@ async def test_limit_is_one_rule_for_every_listing(jp_fetch, broker):
         400,
         "since must be a change id or an ISO 8601 time",
     )
+
+
+def _stored_job(store, *, user: str, backend: str, state: str | None) -> dict:
+    """A job put straight into the server's store (the history is a view of it)."""
+    from jupyter_qguard.broker.jobs import State
+
+    job = store.create_job(
+        actor="kernel:test",
+        requester={"user": user, "kernel_id": "k" * 32, "notebook": "a.ipynb", "cell_id": None},
+        requester_user=user,
+        backend=backend,
+        shots=100,
+        seed=None,
+        max_cost=None,
+        request={"program": {"sdk": "qiskit", "format": "qpy", "sha256": "a" * 64}},
+        program_sha256="a" * 64,
+        files={},
+        policy_version="p" * 64,
+        digest="d" * 64,
+        decision={},
+    )
+    if state:
+        job = store.transition(job["id"], State(state), actor="broker", reason="test")
+    return job
+
+
+async def test_the_history_filters_by_state_backend_and_requester_and_pages_back(jp_fetch, broker):
+    made = [
+        _stored_job(broker.store, user="ada", backend="aer_hw", state="rejected"),
+        _stored_job(broker.store, user="bob", backend="aer_hw", state="pending_approval"),
+        _stored_job(broker.store, user="ada", backend="aer_simulator", state="queued"),
+        _stored_job(broker.store, user="ada", backend="aer_hw", state="pending_approval"),
+    ]
+    ids = [j["id"] for j in made]
+
+    async def listed(**params: str) -> list[str]:
+        r = await jp_fetch("qguard", "api", "jobs", params=params)
+        return [j["id"] for j in json.loads(r.body)["jobs"]]
+
+    assert await listed() == ids[::-1]
+    assert await listed(user="ada") == [ids[3], ids[2], ids[0]]
+    assert await listed(backend="aer_hw", user="ada") == [ids[3], ids[0]]
+    assert await listed(state="pending_approval,rejected", backend="aer_hw") == [
+        ids[3],
+        ids[1],
+        ids[0],
+    ]
+    assert await listed(user="nobody") == []
+    # Paging: the next page starts below the last row seen.
+    first = await jp_fetch("qguard", "api", "jobs", params={"limit": "2"})
+    page = json.loads(first.body)["jobs"]
+    assert [j["id"] for j in page] == [ids[3], ids[2]]
+    assert await listed(before=page[-1]["created_at"]) == [ids[1], ids[0]]
+    bad = await jp_fetch("qguard", "api", "jobs", params={"before": "soon"}, raise_error=False)
+    assert (bad.code, json.loads(bad.body)["message"]) == (
+        400,
+        "before must be an ISO 8601 time",
+    )

@@ -6,6 +6,8 @@ root), the test runner with `npm ci` from ui-tests/package-lock.json (no browser
 
 from __future__ import annotations
 
+import getpass
+import io
 import json
 import os
 import shutil
@@ -14,7 +16,10 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 from support.jupyter_proc import ServerProcess
+
+from jupyter_qguard import credentials as cr
 
 UI = Path(__file__).resolve().parents[1] / "ui-tests"
 CHROMIUM = "/usr/bin/chromium"
@@ -22,21 +27,68 @@ ARTIFACTS = UI / "artifacts"
 BACKENDS = {
     "aer_simulator": {"provider": "aer", "qubits": 28},
     "aer_hw": {"provider": "aer", "qubits": 28},
+    "aer_guarded": {"provider": "aer", "qubits": 28},
 }
 POLICY = {
-    "backends": {"aer_hw": {"tier": "hardware", "provider": "aer", "price": {"model": "free"}}}
+    "backends": {
+        "aer_hw": {"tier": "hardware", "provider": "aer", "price": {"model": "free"}},
+        # One approval, with a second factor: the step-up test.
+        "aer_guarded": {"tier": "stepup", "provider": "aer", "price": {"model": "free"}},
+    },
+    "tiers": {"stepup": {"approvals": 1, "mfa": True}},
 }
-APPROVE_CELL = """\
+BELL = """\
 from qiskit import QuantumCircuit
 bell = QuantumCircuit(2)
 bell.h(0)
 bell.cx(0, 1)
 bell.measure_all()
-job = %qguard submit bell --backend aer_hw --shots 200 --seed 3
+"""
+SUBMIT_AND_WAIT = """\
+job = %qguard submit bell --backend {backend} --shots 200 --seed 3
 print("job", job.job_id)
 counts = job.result()
 print("counts", dict(sorted(counts.items())))
 """
+APPROVE_CELL = BELL + SUBMIT_AND_WAIT.format(backend="aer_hw")
+STEPUP_CELL = BELL + SUBMIT_AND_WAIT.format(backend="aer_guarded")
+# Each payload records that it ran, then does what an attacker in the page would: list the
+# pending jobs with the user's cookie and approve each one with its digest.
+ATTACK = (
+    "(function(tag){window.qguardRan=(window.qguardRan||[]).concat([tag]);"
+    "var x=(document.cookie.match(/_xsrf=([^;]+)/)||[])[1]||'';"
+    "fetch('/qguard/api/jobs?state=pending_approval').then(function(r){return r.json()})"
+    ".then(function(d){d.jobs.forEach(function(j){fetch('/qguard/api/jobs/'+j.id+'/approve',"
+    "{method:'POST',headers:{'X-XSRFToken':x,'Content-Type':'application/json'},"
+    "body:JSON.stringify({digest:j.digest})})})})})"
+)
+PAYLOADS_CELL = f"""\
+from IPython.display import HTML, SVG, Javascript, Markdown, display
+ATTACK = {ATTACK!r}
+display(Javascript(ATTACK + "('javascript')"))
+display(HTML(
+    "<b id='qguard-html'>html</b><script>" + ATTACK + "('html-script')</script>"
+    '<img src="data:," onerror="' + ATTACK + "('html-onerror')" + '">'
+))
+display(SVG(
+    '<svg xmlns="http://www.w3.org/2000/svg" width="20" height="20" onload="'
+    + ATTACK + "('svg-onload')" + '"><script>' + ATTACK + "('svg-script')</script>"
+    '<rect width="20" height="20"/></svg>'
+))
+display(Markdown(
+    "**markdown** <img src='data:,' onerror=\\"" + ATTACK + "('markdown-onerror')\\">"
+    "\\n\\n<script>" + ATTACK + "('markdown-script')</script>"
+    "\\n\\n<button data-commandlinker-command='notebook:trust'>trust me</button>"
+))
+print("payloads shown")
+"""
+SUBMIT_CELL = (
+    BELL
+    + """\
+job = %qguard submit bell --backend aer_hw --shots 100 --seed 5
+print("job", job.job_id)
+"""
+)
 
 
 def ensure_chromium() -> None:
@@ -58,17 +110,31 @@ def ensure_runner() -> None:
     subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=UI, check=True, env=env)
 
 
-def agent_notebook(path: Path, source: str) -> None:
+def notebook(path: Path, *sources: str, kernel: str = "qguard-agent") -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {
-        "name": "qguard-agent",
-        "display_name": "Python 3 (qguard agent)",
+        "name": kernel,
+        "display_name": "Python 3 (qguard agent)" if kernel == "qguard-agent" else "Python 3",
         "language": "python",
     }
-    nb.cells = [nbformat.v4.new_code_cell(source)]
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
     nbformat.write(nb, path)
 
 
+def enroll_totp(keyring_file: Path) -> str:
+    """The server user's TOTP secret, enrolled as `jupyter qguard mfa enroll` does; the step-up
+    test computes codes from it as an authenticator app would."""
+    store = cr.CredentialStore(
+        cr.backend_from_name("keyrings.alt.file.PlaintextKeyring", file_path=str(keyring_file))
+    )
+    out = io.StringIO()
+    assert cr.cli_mfa_enroll(store, getpass.getuser(), qr=False, out=out) == 0
+    [uri] = [line for line in out.getvalue().splitlines() if line.startswith("otpauth://")]
+    return uri.split("secret=", 1)[1].split("&", 1)[0]
+
+
+# Installing chromium on a fresh machine, then eight browser tests against one server.
+@pytest.mark.timeout(1500)
 def test_the_panel_in_a_real_browser(tmp_path):
     ensure_chromium()
     ensure_runner()
@@ -76,36 +142,48 @@ def test_the_panel_in_a_real_browser(tmp_path):
         tmp_path,
         extra_args=[
             f"--QGuardApp.backends={json.dumps(BACKENDS)}",
-            f"--QGuardApp.policy_data={json.dumps(POLICY)}",
+            # A Python literal: traitlets reads it with literal_eval (JSON's true is not one).
+            f"--QGuardApp.policy_data={POLICY!r}",
             "--QGuardApp.keyring_backend=keyrings.alt.file.PlaintextKeyring",
             "--QGuardApp.keyring_backend_options="
             + json.dumps({"file_path": str(tmp_path / "keyring.cfg")}),
         ],
     )
     server.root.mkdir(parents=True)
-    agent_notebook(server.root / "approve.ipynb", APPROVE_CELL)
-    for name in ("deny", "dark"):
-        agent_notebook(server.root / f"{name}.ipynb", APPROVE_CELL)
+    for name in ("approve", "deny", "dark", "voided"):
+        notebook(server.root / f"{name}.ipynb", APPROVE_CELL)
+    notebook(server.root / "stepup.ipynb", STEPUP_CELL)
+    notebook(server.root / "outputs.ipynb", SUBMIT_CELL, PAYLOADS_CELL)
+    # The same payloads in an ordinary kernel: they run there, which shows the test can fail.
+    notebook(server.root / "control.ipynb", PAYLOADS_CELL, kernel="python3")
+    secret = enroll_totp(tmp_path / "keyring.cfg")
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    log = ARTIFACTS / "playwright.log"
     server.start()
     try:
-        res = subprocess.run(
-            [str(UI / "node_modules" / ".bin" / "playwright"), "test"],
-            cwd=UI,
-            env={
-                **os.environ,
-                "QGUARD_URL": server.url,
-                "QGUARD_TOKEN": server.token,
-                "QGUARD_ARTIFACTS": str(ARTIFACTS),
-                "QGUARD_CHROMIUM": CHROMIUM,
-            },
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        # To a file, not a pipe: what ran is still there if the run is cut short.
+        with log.open("w") as out:
+            code = subprocess.run(
+                [str(UI / "node_modules" / ".bin" / "playwright"), "test"],
+                cwd=UI,
+                env={
+                    **os.environ,
+                    "QGUARD_URL": server.url,
+                    "QGUARD_TOKEN": server.token,
+                    "QGUARD_ARTIFACTS": str(ARTIFACTS),
+                    "QGUARD_CHROMIUM": CHROMIUM,
+                    "QGUARD_TOTP_SECRET": secret,
+                },
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=900,
+            ).returncode
     finally:
         server.stop()
-    sys.stdout.write(res.stdout[-6000:])
-    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+    report = log.read_text()
+    sys.stdout.write(report[-6000:])
+    assert code == 0, report[-8000:]
+    assert "8 passed" in report, report[-3000:]
     for theme in ("light", "dark"):
         assert (ARTIFACTS / f"panel-pending-{theme}.png").stat().st_size > 10_000

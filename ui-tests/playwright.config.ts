@@ -8,7 +8,9 @@ export default defineConfig({
   timeout: 180_000,
   workers: 1,
   reporter: [['list']],
-  outputDir: process.env.QGUARD_ARTIFACTS ?? 'test-results',
+  // A folder of its own: Playwright empties it at the start of a run, and the screenshots and
+  // the run's log (written by tests/test_ui.py) sit next to it.
+  outputDir: `${process.env.QGUARD_ARTIFACTS ?? 'test-results'}/results`,
   use: {
     baseURL: process.env.QGUARD_URL,
     viewport: { width: 1280, height: 800 },

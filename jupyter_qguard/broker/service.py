@@ -835,8 +835,18 @@ class Broker:
                     pass
         return n
 
-    async def list_jobs(self, *, states: list[str] | None, limit: int) -> list[dict[str, Any]]:
-        return await self._db(self.store.list, states=states, limit=limit)
+    async def list_jobs(
+        self,
+        *,
+        states: list[str] | None,
+        limit: int,
+        backend: str | None = None,
+        user: str | None = None,
+        before: dt.datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        return await self._db(
+            self.store.list, states=states, limit=limit, backend=backend, user=user, before=before
+        )
 
     async def jobs_for(
         self, *, kernel_id: str, notebook: str | None, limit: int

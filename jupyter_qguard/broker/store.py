@@ -446,12 +446,22 @@ class Store:
         states: Iterable[str] | None = None,
         notebook: str | None = None,
         kernel_id: str | None = None,
+        backend: str | None = None,
+        user: str | None = None,
+        before: dt.datetime | None = None,
         limit: int = 200,
     ) -> list[dict[str, Any]]:
+        """Newest first. `before` pages back: pass the last row's `created_at`."""
         with self._tx() as session:
-            q = select(Job).order_by(Job.created_at.desc()).limit(limit)
+            q = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)
             if states:
                 q = q.where(Job.state.in_(list(states)))
+            if backend:
+                q = q.where(Job.backend == backend)
+            if user:
+                q = q.where(Job.requester_user == user)
+            if before is not None:
+                q = q.where(Job.created_at < before)
             rows = [_job_dict(j) for j in session.scalars(q)]
         # Requester filters run in Python: JSON path queries differ between SQLite and PostgreSQL.
         if notebook is not None or kernel_id is not None:

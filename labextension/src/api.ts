@@ -72,7 +72,55 @@ export interface IReview {
   };
 }
 
+/** GET jobs/{id}: the job with its moves and approvals. */
+export interface IJobDetail extends IJob {
+  events: { at: string; from: string | null; to: string; actor: string }[];
+  approvals: { approver: string; at: string }[];
+  provider_job_id?: string | null;
+  result?: { counts?: Record<string, number> } | null;
+}
+
+/** The history's filters; empty values are not sent. */
+export interface IJobFilter {
+  states?: string[];
+  backend?: string;
+  /** The requester, as the broker recorded it. */
+  user?: string;
+  /** Only jobs created before this time (the last row's created_at): the next page. */
+  before?: string;
+  limit: number;
+}
+
+/** One sandbox layer as the kernel's launcher applied it, before any agent code ran. */
+export interface ILayer {
+  active?: boolean;
+  why?: string;
+}
+
+/** An agent kernel the broker runs (GET sandbox). */
+export interface IKernelReport {
+  kernel_id: string;
+  connected: boolean;
+  sandbox: { ok?: boolean; active?: string[]; applied?: Record<string, ILayer> };
+}
+
 export const PENDING = 'pending_approval';
+
+/** Every state a job can be in (jupyter_qguard/broker/jobs.py), in the order it moves. */
+export const STATES = [
+  'received',
+  'rejected',
+  'pending_approval',
+  'approved',
+  'denied',
+  'expired',
+  'voided',
+  'cancelled',
+  'queued',
+  'submitted',
+  'completed',
+  'failed'
+];
 
 /** A refused request, with the server's own explanation. */
 export class QGuardError extends Error {
@@ -102,6 +150,42 @@ export class QGuardClient {
     const query = URLExt.objectToQueryString({ state: PENDING, limit: String(limit) });
     const reply = await this._request<{ jobs: IJob[] }>(`jobs${query}`, { method: 'GET' });
     return reply.jobs;
+  }
+
+  /** Jobs in any state, newest first, for the history. */
+  async jobs(filter: IJobFilter): Promise<IJob[]> {
+    const params: Record<string, string> = { limit: String(filter.limit) };
+    if (filter.states?.length) {
+      params.state = filter.states.join(',');
+    }
+    for (const key of ['backend', 'user', 'before'] as const) {
+      const value = filter[key]?.trim();
+      if (value) {
+        params[key] = value;
+      }
+    }
+    const query = URLExt.objectToQueryString(params);
+    const reply = await this._request<{ jobs: IJob[] }>(`jobs${query}`, { method: 'GET' });
+    return reply.jobs;
+  }
+
+  job(id: string): Promise<IJobDetail> {
+    return this._request<IJobDetail>(`jobs/${encodeURIComponent(id)}`, { method: 'GET' });
+  }
+
+  /** Does the server run this kernel as a qguard agent kernel? (Not its kernelspec's say.) */
+  async isAgentKernel(kernelId: string): Promise<boolean> {
+    const reply = await this._request<{ agent: boolean }>(
+      `kernels/${encodeURIComponent(kernelId)}`,
+      { method: 'GET' }
+    );
+    return reply.agent === true;
+  }
+
+  /** The agent kernels the broker runs, with the sandbox layers each one has. */
+  async kernels(): Promise<IKernelReport[]> {
+    const reply = await this._request<{ kernels: IKernelReport[] }>('sandbox', { method: 'GET' });
+    return reply.kernels;
   }
 
   /** `otp` only where the policy asked for a second factor (a 403 "mfa_required" first). */

@@ -5,15 +5,50 @@
 
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { Notification } from '@jupyterlab/apputils';
+import { IConsoleTracker } from '@jupyterlab/console';
+import { INotebookTracker } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
 import { IJob, JobEvents, QGuardClient } from './api';
 import { ApprovalsPanel } from './panel';
+import { AgentOutputGuard, GUARDED_ATTR } from './untrusted';
 
 const PLUGIN_ID = 'jupyter-qguard:plugin';
 
 /** Mirrors schema/plugin.json, for when there is no setting registry. */
 const DEFAULTS = { notifyOnRequest: true, maxJobs: 200 };
+
+/**
+ * Outputs of agent kernels are rendered untrusted (see untrusted.ts). A plugin of its own, with
+ * no settings: nothing turns it off.
+ */
+const outputsPlugin: JupyterFrontEndPlugin<void> = {
+  id: 'jupyter-qguard:agent-outputs',
+  description: 'Renders the outputs of qguard agent kernels untrusted: no script ever runs.',
+  autoStart: true,
+  optional: [INotebookTracker, IConsoleTracker],
+  activate: (
+    app: JupyterFrontEnd,
+    notebooks: INotebookTracker | null,
+    consoles: IConsoleTracker | null
+  ): void => {
+    const guard = new AgentOutputGuard(new QGuardClient(app.serviceManager.serverSettings));
+    notebooks?.forEach(panel => guard.watchNotebook(panel));
+    notebooks?.widgetAdded.connect((_, panel) => guard.watchNotebook(panel));
+    consoles?.forEach(panel => guard.watchConsole(panel));
+    consoles?.widgetAdded.connect((_, panel) => guard.watchConsole(panel));
+    app.commands.commandExecuted.connect((_, args) => {
+      const current = notebooks?.currentWidget;
+      if (args.id === 'notebook:trust' && current?.node.hasAttribute(GUARDED_ATTR)) {
+        // The cells were trusted and at once made untrusted again: say why.
+        Notification.warning(
+          'This notebook runs a qguard agent kernel: its outputs are always shown untrusted.',
+          { autoClose: 8000 }
+        );
+      }
+    });
+  }
+};
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
@@ -32,7 +67,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const panel = new ApprovalsPanel({
       client: new QGuardClient(serverSettings),
       events,
-      limit: DEFAULTS.maxJobs
+      limit: DEFAULTS.maxJobs,
+      sessions: app.serviceManager.sessions
     });
     panel.disposed.connect(() => events.dispose());
 
@@ -84,4 +120,4 @@ function announce(app: JupyterFrontEnd, panel: ApprovalsPanel, job: IJob): void 
   );
 }
 
-export default plugin;
+export default [plugin, outputsPlugin];

@@ -11,6 +11,9 @@ import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
 import { ConnectionState, IJob, JobEvents, PENDING, QGuardClient, QGuardError } from './api';
+import { basename, button, code, element, messageOf, short, stateLabel, timeElement } from './dom';
+import { HistoryView } from './history';
+import { ISessions, KernelsView } from './kernels';
 import { reviewSection } from './review';
 
 // A shield with an atom's orbits. Stroked shapes sit in a fill="none" group so JupyterLab's
@@ -38,7 +41,18 @@ export interface IApprovalsPanelOptions {
   events: JobEvents;
   /** How many pending jobs to ask the server for (it caps this at 1000). */
   limit?: number;
+  /** JupyterLab's sessions: names each agent kernel by its notebook in the Kernels tab. */
+  sessions?: ISessions | null;
 }
+
+type TabName = 'pending' | 'history' | 'kernels';
+const TABS: { name: TabName; label: string }[] = [
+  { name: 'pending', label: 'Pending' },
+  { name: 'history', label: 'History' },
+  { name: 'kernels', label: 'Kernels' }
+];
+/** How often the Kernels tab, while shown, reads the kernels again. */
+const KERNELS_EVERY_MS = 5000;
 
 export class ApprovalsPanel extends Widget {
   constructor(options: IApprovalsPanelOptions) {
@@ -77,12 +91,59 @@ export class ApprovalsPanel extends Widget {
     this._list.setAttribute('role', 'list');
     this._list.setAttribute('aria-labelledby', heading.id);
 
-    this.node.append(header, this._message, this._list);
+    this._history = new HistoryView(this._client, this._events);
+    this._kernels = new KernelsView(this._client, options.sessions ?? null);
+    const pending = element('div', 'jp-QGuard-pending');
+    pending.append(this._message, this._list);
+    const bodies: Record<TabName, HTMLElement> = {
+      pending,
+      history: this._history.node,
+      kernels: this._kernels.node
+    };
+    const tablist = element('div', 'jp-QGuard-tabs');
+    tablist.setAttribute('role', 'tablist');
+    tablist.setAttribute('aria-label', 'Jobs and kernels');
+    tablist.addEventListener('keydown', event => this._onTabKey(event));
+    this.node.append(header, tablist);
+    for (const { name, label } of TABS) {
+      const tab = element('button', 'jp-QGuard-tab', label);
+      tab.type = 'button';
+      tab.id = `${PANEL_ID}-tab-${name}`;
+      tab.dataset.tab = name;
+      tab.setAttribute('role', 'tab');
+      tab.addEventListener('click', () => this.select(name));
+      const body = bodies[name];
+      body.id = `${PANEL_ID}-${name}`;
+      body.classList.add('jp-QGuard-tabBody');
+      body.setAttribute('role', 'tabpanel');
+      body.setAttribute('aria-labelledby', tab.id);
+      tab.setAttribute('aria-controls', body.id);
+      tablist.append(tab);
+      this.node.append(body);
+      this._tabs.set(name, { tab, body });
+    }
+    this.select('pending');
 
     this._events.jobChanged.connect(this._onJobChanged, this);
     this._events.stateChanged.connect(this._onConnection, this);
     this._onConnection(this._events, this._events.state);
     void this.refresh();
+  }
+
+  /** Shows one tab: Pending, History or Kernels. */
+  select(name: TabName): void {
+    this._selected = name;
+    for (const [tabName, { tab, body }] of this._tabs) {
+      const on = tabName === name;
+      tab.setAttribute('aria-selected', String(on));
+      // One tab stop for the whole tab list; the arrow keys move between tabs.
+      tab.tabIndex = on ? 0 : -1;
+      body.hidden = !on;
+    }
+    if (name === 'history') {
+      this._history.show();
+    }
+    this._pollKernels();
   }
 
   /** A job newly waiting for approval, as the event stream announced it. */
@@ -92,7 +153,7 @@ export class ApprovalsPanel extends Widget {
 
   /** Pending jobs listed, newest first. */
   get jobs(): readonly IJob[] {
-    return [...this._jobs.values()].sort(newestFirst);
+    return [...this._jobs.values()].filter(job => job.state === PENDING).sort(newestFirst);
   }
 
   get limit(): number {
@@ -117,9 +178,10 @@ export class ApprovalsPanel extends Widget {
       }
       this._truncated = jobs.length >= this._limit;
       const fresh = new Map(jobs.map(job => [job.id, job]));
-      for (const id of [...this._jobs.keys()]) {
-        if (!fresh.has(id)) {
-          this._remove(id);
+      for (const [id, job] of [...this._jobs]) {
+        if (job.state === PENDING && !fresh.has(id)) {
+          // It stopped waiting while we were not told (the feed was down): say how it ended.
+          void this._resync(id);
         }
       }
       for (const job of jobs) {
@@ -147,8 +209,50 @@ export class ApprovalsPanel extends Widget {
     if (this.isDisposed) {
       return;
     }
+    window.clearInterval(this._kernelTimer);
+    this._history.dispose();
     Signal.clearData(this);
     super.dispose();
+  }
+
+  protected override onAfterShow(): void {
+    this._pollKernels();
+  }
+
+  protected override onAfterHide(): void {
+    this._pollKernels();
+  }
+
+  /** The Kernels tab reads the kernels while it is on screen, and only then. */
+  private _pollKernels(): void {
+    const shown = this._selected === 'kernels' && this.isVisible;
+    if (shown && !this._kernelTimer) {
+      void this._kernels.refresh();
+      this._kernelTimer = window.setInterval(() => void this._kernels.refresh(), KERNELS_EVERY_MS);
+    } else if (!shown && this._kernelTimer) {
+      window.clearInterval(this._kernelTimer);
+      this._kernelTimer = 0;
+    }
+  }
+
+  /** WAI-ARIA tabs: Left/Right move to the neighbouring tab, Home/End to the first/last. */
+  private _onTabKey(event: KeyboardEvent): void {
+    const names = TABS.map(t => t.name);
+    const at = names.indexOf(this._selected);
+    const next: Record<string, number> = {
+      ArrowRight: (at + 1) % names.length,
+      ArrowLeft: (at - 1 + names.length) % names.length,
+      Home: 0,
+      End: names.length - 1
+    };
+    const index = next[event.key];
+    const name = index === undefined ? undefined : names[index];
+    if (name === undefined) {
+      return;
+    }
+    event.preventDefault();
+    this.select(name);
+    this._tabs.get(name)?.tab.focus();
   }
 
   private _onJobChanged(_: JobEvents, job: IJob): void {
@@ -180,12 +284,28 @@ export class ApprovalsPanel extends Widget {
     this._everOpened ||= state === 'open';
   }
 
+  /**
+   * A listed job that stops waiting without this panel acting on it (voided because a bound
+   * file changed, expired, cancelled, decided by someone else) stays in the list, marked with
+   * its new state and reason and without Approve, until it is dismissed: a request must not
+   * vanish from under the person reading it.
+   */
   private _apply(job: IJob): void {
-    if (job.state === PENDING) {
+    if (job.state === PENDING || (this._jobs.has(job.id) && !this._busy.has(job.id))) {
       this._upsert(job);
     } else {
       this._remove(job.id);
     }
+  }
+
+  /** Reads one job again and shows what became of it. */
+  private async _resync(id: string): Promise<void> {
+    try {
+      this._apply(await this._client.job(id));
+    } catch {
+      this._remove(id); // Gone (404) or unreadable: the next refresh tells.
+    }
+    this._update();
   }
 
   private _upsert(job: IJob): void {
@@ -231,18 +351,22 @@ export class ApprovalsPanel extends Widget {
   }
 
   private _update(): void {
-    const count = this._jobs.size;
+    const count = this.jobs.length;
     const shown = this._truncated && count >= this._limit ? `${count}+` : String(count);
     this._count.textContent = shown;
     this._count.setAttribute('aria-label', `${shown} waiting`);
     // Lumino renders the title's dataset as data-* attributes on the sidebar tab; the
     // stylesheet draws the badge from it.
     this.title.dataset = count > 0 ? { 'qguard-pending': shown } : {};
+    const tab = this._tabs.get('pending')?.tab;
+    if (tab) {
+      tab.textContent = count > 0 ? `Pending (${shown})` : 'Pending';
+    }
 
     if (this._loadError) {
       this._message.textContent = this._loadError;
       this._message.dataset.kind = 'error';
-    } else if (count === 0) {
+    } else if (this._jobs.size === 0) {
       this._message.textContent = 'No job is waiting for approval.';
       this._message.dataset.kind = 'empty';
     } else {
@@ -253,16 +377,22 @@ export class ApprovalsPanel extends Widget {
 
   private _renderJob(job: IJob): HTMLLIElement {
     const id = short(job.id, 8);
+    const ended = job.state !== PENDING;
     const item = element('li', 'jp-QGuard-job');
     item.setAttribute('role', 'listitem');
     item.dataset.jobId = job.id;
-    item.setAttribute('aria-label', `Job ${id}: ${job.shots} shots on ${job.backend}`);
+    item.dataset.state = job.state;
+    item.classList.toggle('jp-mod-ended', ended);
+    item.setAttribute(
+      'aria-label',
+      `Job ${id}: ${job.shots} shots on ${job.backend}${ended ? `, ${stateLabel(job.state)}` : ''}`
+    );
 
     const top = element('div', 'jp-QGuard-jobTop');
     top.append(
       element('span', 'jp-QGuard-backend', job.backend),
       element('span', 'jp-QGuard-shots', `${job.shots.toLocaleString()} shots`),
-      element('span', 'jp-QGuard-state', job.state.replace(/_/g, ' '))
+      element('span', 'jp-QGuard-state', stateLabel(job.state))
     );
 
     const fields = element('dl', 'jp-QGuard-fields');
@@ -292,10 +422,7 @@ export class ApprovalsPanel extends Widget {
     if (typeof job.cost === 'number') {
       field('Cost', job.cost.toLocaleString());
     }
-    const created = new Date(job.created_at);
-    const asked = element('time', undefined, when(created));
-    asked.dateTime = job.created_at;
-    field('Asked', asked, created.toLocaleString());
+    field('Asked', timeElement(job.created_at));
 
     const actions = element('div', 'jp-QGuard-actions');
     const approve = button('Approve', `Approve job ${id}`, 'jp-QGuard-approve');
@@ -305,11 +432,34 @@ export class ApprovalsPanel extends Widget {
     deny.dataset.action = 'deny';
     deny.addEventListener('click', () => void this._deny(job));
     actions.append(approve, deny);
-    if (this._busy.has(job.id)) {
+
+    const parts: HTMLElement[] = [top, fields];
+    if (ended) {
+      // No longer waiting: say why, and leave nothing to approve.
+      const why = job.reason ? `: ${job.reason}` : '';
+      const note = element(
+        'p',
+        'jp-QGuard-ended',
+        `This request was ${stateLabel(job.state)}${why}`
+      );
+      note.setAttribute('role', 'alert');
+      parts.push(note);
+      for (const b of [approve, deny]) {
+        b.disabled = true;
+        b.title = `The job is ${stateLabel(job.state)}: there is nothing to decide`;
+      }
+      const dismiss = button('Dismiss', `Dismiss job ${id}`, 'jp-QGuard-dismiss');
+      dismiss.dataset.action = 'dismiss';
+      dismiss.addEventListener('click', () => {
+        this._remove(job.id);
+        this._update();
+      });
+      actions.append(dismiss);
+    } else if (this._busy.has(job.id)) {
       setBusy(item, true);
     }
-
-    item.append(top, fields, reviewSection(job, this._client), actions);
+    parts.push(reviewSection(job, this._client), actions);
+    item.append(...parts);
     return item;
   }
 
@@ -358,6 +508,7 @@ export class ApprovalsPanel extends Widget {
     }
     this._busy.add(job.id);
     this._setItemBusy(job.id, true);
+    let stale = false;
     try {
       const updated = await request();
       if (updated) {
@@ -365,12 +516,16 @@ export class ApprovalsPanel extends Widget {
         this._update();
       }
     } catch (err) {
+      // A 409 means the job moved on without us (voided, expired, decided elsewhere): after
+      // the message, the job is read again and shown as it now is.
+      stale = true;
       await showErrorMessage(failure, messageOf(err));
-      // A 404 or 409 means the job moved on without us (expired, decided elsewhere): resync.
-      void this.refresh();
     } finally {
       this._busy.delete(job.id);
       this._setItemBusy(job.id, false);
+    }
+    if (stale) {
+      await this._resync(job.id);
     }
   }
 
@@ -399,6 +554,11 @@ export class ApprovalsPanel extends Widget {
   /** Events seen while a refresh is in flight, re-applied over its snapshot. */
   private _replay: IJob[] | null = null;
   private _everOpened = false;
+  private readonly _history: HistoryView;
+  private readonly _kernels: KernelsView;
+  private readonly _tabs = new Map<TabName, { tab: HTMLButtonElement; body: HTMLElement }>();
+  private _selected: TabName = 'pending';
+  private _kernelTimer = 0;
 }
 
 /** Asks for the 6-digit code until one is given or the dialog is cancelled (null). */
@@ -428,6 +588,9 @@ async function askForCode(job: IJob): Promise<string | null> {
 }
 
 function setBusy(item: HTMLElement, busy: boolean): void {
+  if (item.classList.contains('jp-mod-ended')) {
+    return; // Its buttons stay as they are: Approve and Deny off, Dismiss on.
+  }
   item.setAttribute('aria-busy', String(busy));
   for (const b of item.querySelectorAll('button')) {
     b.disabled = busy;
@@ -441,50 +604,4 @@ function version(job: IJob): string {
 
 function newestFirst(a: IJob, b: IJob): number {
   return b.created_at.localeCompare(a.created_at) || a.id.localeCompare(b.id);
-}
-
-/** The time alone for today's requests: the sidebar is narrow. */
-function when(date: Date): string {
-  if (date.toDateString() === new Date().toDateString()) {
-    return date.toLocaleTimeString();
-  }
-  return date.toLocaleString(undefined, { dateStyle: 'short', timeStyle: 'short' });
-}
-
-function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
-function short(value: string, length: number): string {
-  return value.length > length ? value.slice(0, length) : value;
-}
-
-function basename(path: string): string {
-  return path.split('/').pop() || path;
-}
-
-function element<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className?: string,
-  text?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  if (className) {
-    node.className = className;
-  }
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
-}
-
-function code(text: string): HTMLElement {
-  return element('code', undefined, text);
-}
-
-function button(label: string, ariaLabel: string, className: string): HTMLButtonElement {
-  const b = element('button', `jp-QGuard-button ${className}`, label);
-  b.type = 'button';
-  b.setAttribute('aria-label', ariaLabel);
-  return b;
 }

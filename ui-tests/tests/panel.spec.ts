@@ -1,51 +1,15 @@
 // An agent's hardware job in a notebook: it appears in the panel within a second, a person
 // approves it there, and the notebook's waiting cell prints the counts.
-import { expect, test, type Page } from '@playwright/test';
+import { expect, test } from '@playwright/test';
 
-const TOKEN = process.env.QGUARD_TOKEN ?? '';
-const ARTIFACTS = process.env.QGUARD_ARTIFACTS ?? 'test-results';
-
-async function openNotebook(page: Page, path: string): Promise<void> {
-  // A workspace of its own, reset: JupyterLab would otherwise restore the previous test's tabs.
-  const workspace = path.replace(/\W/g, '-');
-  await page.goto(`/lab/workspaces/${workspace}/tree/${path}?reset&token=${TOKEN}`);
-  // The notebook's kernel (qguard-agent, from its metadata) is up when the status says idle.
-  await expect(page.locator('.jp-NotebookPanel')).toBeVisible({ timeout: 90_000 });
-  await expect(page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')).toBeVisible({
-    timeout: 90_000
-  });
-  await expect(page.getByRole('button', { name: 'Python 3 (qguard agent)' }).first()).toBeVisible();
-}
-
-/** Run the first cell; wait until it is running (its prompt shows `[*]`). */
-async function runFirstCell(page: Page): Promise<void> {
-  const cell = page.locator('.jp-CodeCell').first();
-  const prompt = cell.locator('.jp-InputPrompt');
-  for (let attempt = 0; attempt < 20; attempt++) {
-    await cell.locator('.jp-InputArea-prompt').click();
-    await page.getByRole('button', { name: 'Run this cell and advance (Shift+Enter)' }).click();
-    try {
-      await expect(prompt).not.toHaveText('[ ]:', { timeout: 3_000 });
-      return;
-    } catch {
-      // The kernel said idle before its session was wired to the notebook: try again.
-    }
-  }
-  throw new Error('the cell never ran');
-}
-
-async function openPanel(page: Page) {
-  const tab = page.locator('.jp-SideBar .lm-TabBar-tab[title="Quantum job approvals"]');
-  await tab.click();
-  return page.locator('#jupyter-qguard-approvals');
-}
+import { ARTIFACTS, TOKEN, openNotebook, openPanel, runCell } from './helpers';
 
 test('a job is approved in the panel and the waiting cell prints the counts', async ({ page }) => {
   await openNotebook(page, 'approve.ipynb');
   const panel = await openPanel(page);
   await expect(panel.locator('.jp-QGuard-job')).toHaveCount(0);
   const cell = page.locator('.jp-CodeCell').first();
-  await runFirstCell(page);
+  await runCell(page);
   // The magic prints the job's status line as soon as the broker has the request.
   const output = cell.locator('.jp-OutputArea-output');
   await expect(output.first()).toContainText('qguard job', { timeout: 60_000 });
@@ -67,11 +31,62 @@ test('a job is approved in the panel and the waiting cell prints the counts', as
   await expect(cell.locator('.jp-OutputArea')).toContainText('counts', { timeout: 5_000 });
 });
 
+test('history with filters and the kernels, by keyboard', async ({ page }) => {
+  // approve.ipynb's kernel still runs, and its job completed in the test above.
+  await openNotebook(page, 'approve.ipynb');
+  const panel = await openPanel(page);
+  const pending = panel.getByRole('tab', { name: /^Pending/ });
+  await expect(pending).toHaveAttribute('aria-selected', 'true');
+  await pending.focus();
+  await page.keyboard.press('ArrowRight');
+  const historyTab = panel.getByRole('tab', { name: 'History' });
+  await expect(historyTab).toBeFocused();
+  await expect(historyTab).toHaveAttribute('aria-selected', 'true');
+  const history = panel.getByRole('tabpanel', { name: 'History' });
+  const rows = history.locator('.jp-QGuard-historyItem');
+  await expect(rows.first()).toBeVisible({ timeout: 10_000 });
+
+  await history.getByLabel('State').selectOption('completed');
+  await expect(rows.first()).toHaveAttribute('data-state', 'completed');
+  expect(
+    new Set(await rows.evaluateAll(items => items.map(i => i.getAttribute('data-state'))))
+  ).toEqual(new Set(['completed']));
+  await history.getByLabel('Backend').fill('aer_hw');
+  await history.getByLabel('Backend').press('Enter');
+  await expect(rows.first()).toContainText('aer_hw');
+  await history.getByLabel('Requested by').fill('nobody-at-all');
+  await expect(rows).toHaveCount(0, { timeout: 5_000 });
+  await expect(history).toContainText('No job matches these filters.');
+  await history.getByLabel('Requested by').fill('');
+  await expect(rows.first()).toBeVisible({ timeout: 5_000 });
+  // Open a row with the keyboard: how the job moved, who approved it, its result.
+  await rows.first().locator('summary').focus();
+  await page.keyboard.press('Enter');
+  const moves = rows.first().locator('.jp-QGuard-moves');
+  await expect(moves).toContainText('pending approval → approved');
+  await expect(moves).toContainText('submitted → completed');
+  await expect(rows.first()).toContainText('Result');
+  await page.screenshot({ path: `${ARTIFACTS}/panel-history.png` });
+
+  await historyTab.focus();
+  await page.keyboard.press('ArrowRight');
+  const kernelsTab = panel.getByRole('tab', { name: 'Kernels' });
+  await expect(kernelsTab).toBeFocused();
+  const kernels = panel.getByRole('tabpanel', { name: 'Kernels' });
+  const kernel = kernels.locator('.jp-QGuard-kernel').filter({ hasText: 'approve.ipynb' });
+  await expect(kernel).toBeVisible({ timeout: 10_000 });
+  await expect(kernel.locator('li[data-layer="landlock"]')).toHaveAttribute('data-active', 'true');
+  await expect(kernel.locator('li[data-layer="landlock"]')).toContainText('landlock on');
+  await page.screenshot({ path: `${ARTIFACTS}/panel-kernels.png` });
+  await page.keyboard.press('Home');
+  await expect(pending).toBeFocused();
+});
+
 test('a job denied in the panel ends the waiting cell with the reason', async ({ page }) => {
   await openNotebook(page, 'deny.ipynb');
   const panel = await openPanel(page);
   const cell = page.locator('.jp-CodeCell').first();
-  await runFirstCell(page);
+  await runCell(page);
   await expect(panel.locator('.jp-QGuard-job')).toHaveCount(1, { timeout: 60_000 });
   await panel.locator('.jp-QGuard-deny').first().click();
   const dialog = page.locator('.jp-Dialog');
@@ -93,17 +108,20 @@ test('the panel with a pending request, in the dark theme', async ({ page }) => 
   expect(put.ok()).toBeTruthy();
   await openNotebook(page, 'dark.ipynb');
   const panel = await openPanel(page);
-  await runFirstCell(page);
+  await runCell(page);
   await expect(panel.locator('.jp-QGuard-job')).toHaveCount(1, { timeout: 60_000 });
   await expect(page.locator('body')).toHaveAttribute('data-jp-theme-light', 'false');
   // The theme's CSS arrives after the attribute: wait until the top bar and the panel's own
   // header are drawn dark (both carry an opaque background).
   const brightness = (selector: string) =>
-    page.locator(selector).first().evaluate(node => {
-      const rgb = getComputedStyle(node).backgroundColor.match(/[\d.]+/g) ?? [];
-      const [r, g, b, a] = rgb.map(Number);
-      return a === 0 || rgb.length < 3 ? 765 : r + g + b;
-    });
+    page
+      .locator(selector)
+      .first()
+      .evaluate(node => {
+        const rgb = getComputedStyle(node).backgroundColor.match(/[\d.]+/g) ?? [];
+        const [r, g, b, a] = rgb.map(Number);
+        return a === 0 || rgb.length < 3 ? 765 : r + g + b;
+      });
   await expect.poll(() => brightness('#jp-top-panel'), { timeout: 15_000 }).toBeLessThan(200);
   await expect.poll(() => brightness('.jp-SideBar'), { timeout: 15_000 }).toBeLessThan(200);
   await page.screenshot({ path: `${ARTIFACTS}/panel-pending-dark.png` });
@@ -111,4 +129,8 @@ test('the panel with a pending request, in the dark theme', async ({ page }) => 
   await page.locator('.jp-Dialog input').fill('screenshot only');
   await page.locator('.jp-Dialog .jp-mod-accept').click();
   await expect(panel.locator('.jp-QGuard-job')).toHaveCount(0, { timeout: 10_000 });
+  // Back to the light theme for whatever runs next.
+  await page.request.put(`${settings}?token=${TOKEN}`, {
+    data: { raw: JSON.stringify({ theme: 'JupyterLab Light' }) }
+  });
 });

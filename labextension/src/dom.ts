@@ -1,0 +1,63 @@
+/**
+ * Small DOM helpers shared by the panel's views. Text always goes in as textContent: job fields
+ * come from agents, and nothing an agent wrote is ever parsed as HTML.
+ */
+
+export function element<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  className?: string,
+  text?: string
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  if (className) {
+    node.className = className;
+  }
+  if (text !== undefined) {
+    node.textContent = text;
+  }
+  return node;
+}
+
+export function code(text: string): HTMLElement {
+  return element('code', undefined, text);
+}
+
+export function button(label: string, ariaLabel: string, className: string): HTMLButtonElement {
+  const b = element('button', `jp-QGuard-button ${className}`, label);
+  b.type = 'button';
+  b.setAttribute('aria-label', ariaLabel);
+  return b;
+}
+
+/** A <time> that shows the time alone for today (the sidebar is narrow), the date otherwise. */
+export function timeElement(iso: string): HTMLTimeElement {
+  const date = new Date(iso);
+  const node = element('time', undefined, when(date));
+  node.dateTime = iso;
+  node.title = date.toLocaleString();
+  return node;
+}
+
+export function when(date: Date): string {
+  if (date.toDateString() === new Date().toDateString()) {
+    return date.toLocaleTimeString();
+  }
+  return date.toLocaleString(undefined, { dateStyle: 'short', timeStyle: 'short' });
+}
+
+export function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+export function short(value: string, length: number): string {
+  return value.length > length ? value.slice(0, length) : value;
+}
+
+export function basename(path: string): string {
+  return path.split('/').pop() || path;
+}
+
+/** "pending_approval" → "pending approval". */
+export function stateLabel(state: string): string {
+  return state.replace(/_/g, ' ');
+}

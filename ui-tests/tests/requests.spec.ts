@@ -1,0 +1,92 @@
+// Requests that change under the approver: a bound file edited while the request is open voids
+// it; a step-up request asks for the TOTP code and refuses a wrong one.
+import { createHmac } from 'crypto';
+
+import { expect, test } from '@playwright/test';
+
+import { TOKEN, jobIdOf, jobState, openNotebook, openPanel, runCell } from './helpers';
+
+test('a bound file edited while the request is open voids it', async ({ page }) => {
+  await openNotebook(page, 'voided.ipynb');
+  const panel = await openPanel(page);
+  const cell = await runCell(page, 0);
+  const id = await jobIdOf(cell);
+  const item = panel.locator(`.jp-QGuard-job[data-job-id="${id}"]`);
+  await expect(item).toHaveAttribute('data-state', 'pending_approval', { timeout: 10_000 });
+  const reply = await page.request.get(`/qguard/api/jobs/${id}?token=${TOKEN}`);
+  const { digest } = (await reply.json()) as { digest: string };
+
+  // Edit the notebook the request is bound to, and save it.
+  const last = page.locator('.jp-Notebook .jp-Cell').last();
+  await last.locator('.cm-content').click();
+  await page.keyboard.type('# edited while the request was open');
+  await page.keyboard.press('Control+s');
+
+  await expect(item).toHaveAttribute('data-state', 'voided', { timeout: 20_000 });
+  await expect(item.locator('.jp-QGuard-ended')).toContainText(
+    'voided.ipynb changed after the request'
+  );
+  await expect(item.locator('.jp-QGuard-approve')).toBeDisabled();
+  await expect(item.locator('.jp-QGuard-deny')).toBeDisabled();
+  await expect(panel.locator('.jp-QGuard-count')).toHaveText('0');
+  // Approving with the digest that was shown is refused by the server too.
+  const approve = await page.request.post(`/qguard/api/jobs/${id}/approve?token=${TOKEN}`, {
+    data: { digest }
+  });
+  expect(approve.status()).toBe(409);
+  expect(await jobState(page, id)).toBe('voided');
+  await expect(cell.locator('.jp-OutputArea')).toContainText('voided', { timeout: 30_000 });
+  await item.locator('.jp-QGuard-dismiss').click();
+  await expect(item).toHaveCount(0);
+});
+
+/** RFC 6238 with SHA-1, 30 s steps, 6 digits: what an authenticator app shows. */
+function totp(secret: string, at: number): string {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = '';
+  for (const c of secret.replace(/=+$/, '').toUpperCase()) {
+    bits += alphabet.indexOf(c).toString(2).padStart(5, '0');
+  }
+  const key: number[] = [];
+  for (let i = 0; i + 8 <= bits.length; i += 8) {
+    key.push(parseInt(bits.slice(i, i + 8), 2));
+  }
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(at / 30_000)));
+  const mac = createHmac('sha1', Buffer.from(key)).update(counter).digest();
+  const offset = mac[mac.length - 1]! & 0xf;
+  return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, '0');
+}
+
+test('a step-up request asks for the TOTP code and refuses a wrong one', async ({ page }) => {
+  const secret = process.env.QGUARD_TOTP_SECRET ?? '';
+  expect(secret).not.toBe('');
+  await openNotebook(page, 'stepup.ipynb');
+  const panel = await openPanel(page);
+  const cell = await runCell(page, 0);
+  const id = await jobIdOf(cell);
+  const item = panel.locator(`.jp-QGuard-job[data-job-id="${id}"]`);
+  await expect(item).toHaveAttribute('data-state', 'pending_approval', { timeout: 10_000 });
+
+  // A code no authenticator shows now (none of the steps the server accepts).
+  const now = Date.now();
+  const valid = [-1, 0, 1].map(k => totp(secret, now + k * 30_000));
+  const wrong = ['000000', '111111', '222222', '333333'].find(c => !valid.includes(c))!;
+
+  await item.locator('.jp-QGuard-approve').click();
+  const dialog = page.locator('.jp-Dialog');
+  await expect(dialog).toContainText('needs a second factor');
+  await dialog.locator('input').fill(wrong);
+  await dialog.locator('.jp-mod-accept').click();
+  await expect(page.locator('.jp-Dialog')).toContainText('the MFA code is wrong or has expired');
+  await page.locator('.jp-Dialog').getByRole('button', { name: 'Close' }).click();
+  await expect(item).toHaveAttribute('data-state', 'pending_approval');
+  expect(await jobState(page, id)).toBe('pending_approval');
+
+  await item.locator('.jp-QGuard-approve').click();
+  await expect(page.locator('.jp-Dialog')).toContainText('needs a second factor');
+  await page.locator('.jp-Dialog input').fill(totp(secret, Date.now()));
+  await page.locator('.jp-Dialog .jp-mod-accept').click();
+  await expect(item).toHaveCount(0, { timeout: 10_000 });
+  await expect(cell.locator('.jp-OutputArea')).toContainText('counts', { timeout: 60_000 });
+});
