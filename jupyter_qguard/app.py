@@ -14,6 +14,9 @@ from tornado import web
 from traitlets import Bool, Dict, Enum, Float, Int, List, Type, Unicode, default, validate
 
 from ._version import __version__
+from .agents.authorizer import install_agent_auth
+from .agents.identity import SETTINGS_KEY as AGENT_TOKENS_KEY
+from .agents.tokens import AgentTokens
 from .audit.log import AuditLog, origin_for
 from .broker import runtime
 from .broker.service import Broker
@@ -277,6 +280,16 @@ class QGuardApp(ExtensionApp):
         "user name (`jupyter qguard mfa enroll --user NAME`).",
     ).tag(config=True)
 
+    agent_tokens = Bool(
+        True,
+        help="Recognize agent tokens (`jupyter qguard agent-token create`) and hold them to "
+        "their manifest: the server's identity provider and authorizer become qguard's "
+        "(agents/identity.py, agents/authorizer.py), which leave the user's own login as it "
+        "was. Only where ServerApp.identity_provider_class and authorizer_class are still "
+        "jupyter_server's defaults; a deployment with its own keeps them (and a warning says "
+        "agent tokens are not recognized).",
+    ).tag(config=True)
+
     store_class = Type(
         default_value=Store, klass=Store, help="The broker store implementation."
     ).tag(config=True)
@@ -432,12 +445,22 @@ class QGuardApp(ExtensionApp):
         }
         self._fingerprint_key()
         self.settings["qguard_broker"] = self.broker
+        # Agent tokens (jupyter qguard agent-token): read by agents/identity.py on each request
+        # that presents one, in the same database as the jobs.
+        self.settings[AGENT_TOKENS_KEY] = AgentTokens(store.engine, policy_dir=self.policy_dir)
         runtime.set_current(self.broker)
         self.log.info(
             "qguard: state in %s, store %s",
             self.state_dir,
             store.engine.url.render_as_string(hide_password=True),
         )
+
+    def _link_jupyter_server_extension(self, serverapp: Any) -> None:
+        super()._link_jupyter_server_extension(serverapp)
+        # Linking comes before the server makes its identity provider and authorizer, so they
+        # can be set here (a config file in jupyter_server_config.d only enables extensions).
+        if self.agent_tokens:
+            install_agent_auth(serverapp, self.log)
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(ROUTES)

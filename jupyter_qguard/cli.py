@@ -337,6 +337,10 @@ class QGuardCLI(JupyterApp):
         "audit": ("jupyter_qguard.cli_audit.AuditCommand", "The tamper-evident audit log."),
         "bundle": ("jupyter_qguard.cli_audit.BundleCommand", "Reproducibility bundles."),
         "mfa": ("jupyter_qguard.cli_audit.MfaCommand", "Step-up MFA (TOTP) for approvals."),
+        "agent-token": (
+            "jupyter_qguard.cli_agents.AgentTokenCommand",
+            "Tokens for agents that drive sandboxed kernels from outside.",
+        ),
     }
 
     def start(self) -> None:

@@ -1171,3 +1171,35 @@ def cli_mfa_enroll(
 
         segno.make(uri, error="m").terminal(out=out, compact=True)
     return 0
+
+
+# --- agent tokens ----------------------------------------------------------------------------
+# Bearer tokens for agents that reach Jupyter from outside (jupyter qguard agent-token). Made
+# and hashed here; the server keeps the SHA-256 digest only (the token has 256 random bits, so a
+# plain digest cannot be searched), and the token is shown once, when it is made.
+
+AGENT_TOKEN_PREFIX = "qga_"
+_AGENT_TOKEN = re.compile(r"qga_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+
+
+def mint_agent_token() -> tuple[str, str, str]:
+    """A new agent token: (token id, the token to hand to the agent once, its digest)."""
+    token_id = secrets.token_hex(6)
+    token = f"{AGENT_TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+    return token_id, token, _agent_digest(token)
+
+
+def agent_token_id(presented: str) -> tuple[str, str] | None:
+    """(token id, digest) of a token as an agent presented it; None if it is not one."""
+    m = _AGENT_TOKEN.fullmatch(presented)
+    if m is None:
+        return None
+    return m.group(1), _agent_digest(presented)
+
+
+def agent_digest_matches(stored: str, presented_digest: str) -> bool:
+    return hmac.compare_digest(stored, presented_digest)
+
+
+def _agent_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -2,7 +2,8 @@
 #
 # Input (see DESIGN.md, "Policy"): job, backend {name, provider, tier, qubits, price}, lint
 # {findings: [{severity, code, message}]}, cost {estimate, currency}, usage {spent_today,
-# jobs_window, baseline_window, kernel {id, jobs_window, baseline_window}}, requester,
+# jobs_window, baseline_window, kernel {id, jobs_window, baseline_window}, agent {name,
+# per_seconds, jobs_window}}, requester {user, kind: user|agent, agent, manifest, ...},
 # workstation_tier.
 # Output: data.qguard.decision.decision = {allow, deny, approvals_required, mfa_required, notes}.
 # Every deny is a sentence a person can act on.
@@ -85,6 +86,43 @@ deny contains msg if {
 	input.usage.kernel.jobs_window > limits.burst_floor
 	input.usage.kernel.jobs_window > limits.burst_factor * input.usage.kernel.baseline_window
 	msg := sprintf("kernel %s: %d jobs in the current window is far above its usual %d; wait, or ask an admin to raise the limit", [input.usage.kernel.id, input.usage.kernel.jobs_window, input.usage.kernel.baseline_window])
+}
+
+# -- agents: what their token's manifest allows (requester.kind == "agent") -----------------
+# requester.manifest = {backends: [glob], limits: {max_shots, max_cost_per_job, rate: {jobs,
+# per_seconds}}}; usage.agent.jobs_window counts the agent's other jobs in that window.
+
+agent_manifest := input.requester.manifest if input.requester.kind == "agent"
+
+agent_backend_allowed if {
+	some pattern in agent_manifest.backends
+	glob.match(pattern, [], input.job.backend)
+}
+
+deny contains msg if {
+	agent_manifest
+	not agent_backend_allowed
+	# concat, not sprintf: regopy 1.5's sprintf quotes a %s filled from concat() without
+	# escaping, which breaks its own JSON output.
+	msg := concat("", [
+		"agent ", input.requester.agent, " may not ask for backend ", input.job.backend,
+		": its manifest allows ", concat(", ", agent_manifest.backends),
+	])
+}
+
+deny contains msg if {
+	input.job.shots > agent_manifest.limits.max_shots
+	msg := sprintf("agent %s may ask for at most %d shots per job, not %d", [input.requester.agent, agent_manifest.limits.max_shots, input.job.shots])
+}
+
+deny contains msg if {
+	input.cost.estimate > agent_manifest.limits.max_cost_per_job
+	msg := sprintf("the estimated cost, %.2f %s, is over agent %s's cap of %.2f per job", [input.cost.estimate, input.cost.currency, input.requester.agent, agent_manifest.limits.max_cost_per_job])
+}
+
+deny contains msg if {
+	input.usage.agent.jobs_window >= agent_manifest.limits.rate.jobs
+	msg := sprintf("agent %s has asked for %d jobs in the last %d seconds, its limit; wait, or give it a manifest with a higher rate", [input.requester.agent, input.usage.agent.jobs_window, agent_manifest.limits.rate.per_seconds])
 }
 
 # -- what is allowed, and with how many people ----------------------------------------------

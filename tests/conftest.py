@@ -32,11 +32,19 @@ def qguard_config(request: pytest.FixtureRequest) -> dict[str, Any]:
     return dict(getattr(request, "param", {}))
 
 
+SERVER_APP_CONFIG = json.loads(
+    (Path(__file__).resolve().parents[1] / "jupyter-config" / "jupyter_server_config.d")
+    .joinpath("jupyter_qguard.json")
+    .read_text()
+)["ServerApp"]
+
+
 @pytest.fixture
 def jp_server_config(tmp_path: Path, qguard_config: dict[str, Any]) -> Config:
     return Config(
         {
-            "ServerApp": {"jpserver_extensions": {"jupyter_qguard": True}},
+            # What `pip install` puts in etc/jupyter (the extension enabled).
+            "ServerApp": SERVER_APP_CONFIG,
             "QGuardApp": {
                 "state_dir": str(tmp_path / "qguard-state"),
                 # A real keyring backend (a file): the audit signing key and TOTP secrets.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.helpers import BELL, wait_for
+from support.helpers import BELL, stored_job, wait_for
 
 PAID = {
     "policy_data": {
@@ -89,36 +89,12 @@ async def test_limit_is_one_rule_for_every_listing(jp_fetch, broker):
     )
 
 
-def _stored_job(store, *, user: str, backend: str, state: str | None) -> dict:
-    """A job put straight into the server's store (the history is a view of it)."""
-    from jupyter_qguard.broker.jobs import State
-
-    job = store.create_job(
-        actor="kernel:test",
-        requester={"user": user, "kernel_id": "k" * 32, "notebook": "a.ipynb", "cell_id": None},
-        requester_user=user,
-        backend=backend,
-        shots=100,
-        seed=None,
-        max_cost=None,
-        request={"program": {"sdk": "qiskit", "format": "qpy", "sha256": "a" * 64}},
-        program_sha256="a" * 64,
-        files={},
-        policy_version="p" * 64,
-        digest="d" * 64,
-        decision={},
-    )
-    if state:
-        job = store.transition(job["id"], State(state), actor="broker", reason="test")
-    return job
-
-
 async def test_the_history_filters_by_state_backend_and_requester_and_pages_back(jp_fetch, broker):
     made = [
-        _stored_job(broker.store, user="ada", backend="aer_hw", state="rejected"),
-        _stored_job(broker.store, user="bob", backend="aer_hw", state="pending_approval"),
-        _stored_job(broker.store, user="ada", backend="aer_simulator", state="queued"),
-        _stored_job(broker.store, user="ada", backend="aer_hw", state="pending_approval"),
+        stored_job(broker.store, user="ada", backend="aer_hw", state="rejected"),
+        stored_job(broker.store, user="bob", backend="aer_hw", state="pending_approval"),
+        stored_job(broker.store, user="ada", backend="aer_simulator", state="queued"),
+        stored_job(broker.store, user="ada", backend="aer_hw", state="pending_approval"),
     ]
     ids = [j["id"] for j in made]
 

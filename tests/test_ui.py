@@ -121,6 +121,24 @@ def notebook(path: Path, *sources: str, kernel: str = "qguard-agent") -> None:
     nbformat.write(nb, path)
 
 
+def agent_token(state: Path) -> str:
+    """A token for the agent "bot" (default manifest), made as `jupyter qguard agent-token
+    create` makes it, in the database the server will use."""
+    from jupyter_qguard.agents.manifest import Manifest
+    from jupyter_qguard.agents.tokens import AgentTokens
+    from jupyter_qguard.broker.store import Store, sqlite_url
+
+    state.mkdir(parents=True, exist_ok=True)
+    store = Store(sqlite_url(str(state / "qguard.db")))
+    pack = Path(sys.prefix) / "share" / "jupyter_qguard" / "policies"
+    try:
+        tokens = AgentTokens(store.engine, policy_dir=pack)
+        _, token = tokens.create("bot", Manifest.load(None, policy_dir=pack))
+    finally:
+        store.close()
+    return token
+
+
 def enroll_totp(keyring_file: Path) -> str:
     """The server user's TOTP secret, enrolled as `jupyter qguard mfa enroll` does; the step-up
     test computes codes from it as an authenticator app would."""
@@ -133,7 +151,7 @@ def enroll_totp(keyring_file: Path) -> str:
     return uri.split("secret=", 1)[1].split("&", 1)[0]
 
 
-# Installing chromium on a fresh machine, then eight browser tests against one server.
+# Installing chromium on a fresh machine, then nine browser tests against one server.
 @pytest.mark.timeout(1500)
 def test_the_panel_in_a_real_browser(tmp_path):
     ensure_chromium()
@@ -157,6 +175,7 @@ def test_the_panel_in_a_real_browser(tmp_path):
     # The same payloads in an ordinary kernel: they run there, which shows the test can fail.
     notebook(server.root / "control.ipynb", PAYLOADS_CELL, kernel="python3")
     secret = enroll_totp(tmp_path / "keyring.cfg")
+    agent = agent_token(server.state)
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
     log = ARTIFACTS / "playwright.log"
@@ -174,6 +193,7 @@ def test_the_panel_in_a_real_browser(tmp_path):
                     "QGUARD_ARTIFACTS": str(ARTIFACTS),
                     "QGUARD_CHROMIUM": CHROMIUM,
                     "QGUARD_TOTP_SECRET": secret,
+                    "QGUARD_AGENT_TOKEN": agent,
                 },
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -183,7 +203,9 @@ def test_the_panel_in_a_real_browser(tmp_path):
         server.stop()
     report = log.read_text()
     sys.stdout.write(report[-6000:])
+    # The agent's token went over the wire in a header and a websocket URL: never into the log.
+    assert agent.split("_")[-1] not in server.log_path.read_text()
     assert code == 0, report[-8000:]
-    assert "8 passed" in report, report[-3000:]
+    assert "9 passed" in report, report[-3000:]
     for theme in ("light", "dark"):
         assert (ARTIFACTS / f"panel-pending-{theme}.png").stat().st_size > 10_000

@@ -108,6 +108,9 @@ class Broker:
         self.events = EventBus()
         self.waiters = JobWaiters()
         self.kernels: dict[str, dict[str, Any]] = {}
+        # Agents (agents/tokens.Agent) that drove a kernel over its websocket, as the Authorizer
+        # saw them: that kernel's requests are theirs (the latest one's).
+        self.kernel_agents: dict[str, Any] = {}
         self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qguard-db")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._probe: asyncio.Future[dict[str, Any]] | None = None
@@ -314,6 +317,14 @@ class Broker:
             info["channel"] = None
         if forget:
             self.kernels.pop(kernel_id, None)
+            self.kernel_agents.pop(kernel_id, None)
+
+    def note_agent(self, kernel_id: str, agent: Any) -> None:
+        """An agent identity uses this kernel (the Authorizer says so on each of its requests)."""
+        known = self.kernel_agents.get(kernel_id)
+        if known is None or known.token_id != agent.token_id:
+            self.kernel_agents[kernel_id] = agent
+            self.record("agent.kernel", kernel=kernel_id, agent=agent.name, agent_id=agent.token_id)
 
     def kernel_report(self, kernel_id: str) -> dict[str, Any] | None:
         info = self.kernels.get(kernel_id)
@@ -370,8 +381,9 @@ class Broker:
         notebook = None
         if self.notebook_for_kernel is not None:
             notebook = await self.notebook_for_kernel(kernel_id)
-        return {
+        requester: dict[str, Any] = {
             "user": self.user,
+            "kind": "user",
             "kernel_id": kernel_id,
             "notebook": notebook,
             # The cell id is the kernel's own word (from the execute request's metadata); it is
@@ -379,6 +391,16 @@ class Broker:
             "cell_id": cell_id,
             "cell_id_source": "kernel",
         }
+        agent = self.kernel_agents.get(kernel_id)
+        if agent is not None:
+            # From the agent's token, as the server authenticated it; feeds the policy.
+            requester.update(
+                kind="agent",
+                agent=agent.name,
+                agent_id=agent.token_id,
+                manifest=agent.manifest.for_policy(),
+            )
+        return requester
 
     # -- submit ---------------------------------------------------------------------------
 
@@ -477,7 +499,9 @@ class Broker:
             return str(backend["snapshot"])
         return "aer" if backend.get("provider") == "aer" else None
 
-    def _usage(self, user: str, kernel_id: str | None) -> dict[str, Any]:
+    def _usage(
+        self, user: str, kernel_id: str | None, job: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         now = utcnow()
         window = dt.timedelta(seconds=self.rate_window)
         u = self.store.usage(
@@ -500,6 +524,17 @@ class Broker:
                 "jobs_window": u["kernel_jobs_window"],
                 "baseline_window": round(u["kernel_jobs_baseline"] / self.baseline_windows),
             }
+        requester = (job or {}).get("requester") or {}
+        if requester.get("kind") == "agent":
+            # The agent's own rate, over its manifest's window, this job not counted.
+            per = int(requester["manifest"]["limits"]["rate"]["per_seconds"])
+            usage["agent"] = {
+                "name": requester["agent"],
+                "per_seconds": per,
+                "jobs_window": self.store.agent_jobs_since(
+                    requester["agent"], now - dt.timedelta(seconds=per), exclude=job["id"]
+                ),
+            }
         return usage
 
     async def policy_input(
@@ -520,7 +555,7 @@ class Broker:
             "lint": {"findings": lint_report["findings"]},
             "cost": estimate,
             "usage": await self._db(
-                self._usage, job["requester"]["user"], job["requester"].get("kernel_id")
+                self._usage, job["requester"]["user"], job["requester"].get("kernel_id"), job
             ),
             "requester": job["requester"],
             "workstation_tier": self.workstation_tier,

@@ -284,6 +284,8 @@ class Store:
                 kernel=job.requester_kernel,
                 notebook=(job.requester or {}).get("notebook"),
                 cell=(job.requester or {}).get("cell_id"),
+                # Which agent (by its token's name) drove the kernel, if one did.
+                agent=(job.requester or {}).get("agent"),
                 backend=job.backend,
                 shots=job.shots,
                 seed=job.seed,
@@ -472,6 +474,17 @@ class Store:
                 or (kernel_id is not None and r["requester"].get("kernel_id") == kernel_id)
             ]
         return rows
+
+    def agent_jobs_since(
+        self, agent: str, since: dt.datetime, *, exclude: str | None = None
+    ) -> int:
+        """Jobs an agent asked for since `since` (filtered in Python: JSON paths differ between
+        SQLite and PostgreSQL)."""
+        with self._tx() as session:
+            rows = session.execute(select(Job.id, Job.requester).where(Job.created_at >= since))
+            return sum(
+                1 for jid, req in rows if jid != exclude and (req or {}).get("agent") == agent
+            )
 
     def usage(
         self,

@@ -13,6 +13,10 @@ import { ISignal, Signal } from '@lumino/signaling';
 /** Where a job came from. The broker fills it from the kernel channel, never from the request. */
 export interface IRequester {
   user: string;
+  /** "agent" when an agent token drove the kernel (the server authenticated it). */
+  kind?: 'user' | 'agent';
+  /** The agent's name, from its token. */
+  agent?: string | null;
   kernel_id?: string | null;
   notebook?: string | null;
   /** The kernel's own word, for orientation only. */
@@ -105,6 +109,14 @@ export interface IKernelReport {
 }
 
 export const PENDING = 'pending_approval';
+
+/** "bot (agent of ada)" or "ada": who asked, as the panel and its notifications say it. */
+export function requesterLabel(requester: IRequester): string {
+  const user = requester.user || 'unknown';
+  return requester.kind === 'agent' && requester.agent
+    ? `${requester.agent} (agent of ${user})`
+    : user;
+}
 
 /** Every state a job can be in (jupyter_qguard/broker/jobs.py), in the order it moves. */
 export const STATES = [

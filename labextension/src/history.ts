@@ -4,7 +4,15 @@
  * Changes arrive over the event stream, so a job's row follows it through its states.
  */
 
-import { IJob, IJobDetail, IJobFilter, JobEvents, QGuardClient, STATES } from './api';
+import {
+  IJob,
+  IJobDetail,
+  IJobFilter,
+  JobEvents,
+  QGuardClient,
+  STATES,
+  requesterLabel
+} from './api';
 import { basename, button, code, element, messageOf, short, stateLabel, timeElement } from './dom';
 
 const PAGE = 50;
@@ -185,7 +193,7 @@ export class HistoryView {
   private _updateRow(item: HTMLLIElement, job: IJob): void {
     item.dataset.state = job.state;
     const summary = item.querySelector('summary')!;
-    const who = job.requester.user || 'unknown';
+    const who = requesterLabel(job.requester);
     summary.replaceChildren(
       element('span', 'jp-QGuard-state', stateLabel(job.state)),
       element('span', 'jp-QGuard-backend', job.backend),

@@ -9,7 +9,7 @@ import { IConsoleTracker } from '@jupyterlab/console';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
-import { IJob, JobEvents, QGuardClient } from './api';
+import { IJob, JobEvents, QGuardClient, requesterLabel } from './api';
 import { ApprovalsPanel } from './panel';
 import { AgentOutputGuard, GUARDED_ATTR } from './untrusted';
 
@@ -103,7 +103,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
 
 /** A toast for a new request, with a button that opens the panel on it. */
 function announce(app: JupyterFrontEnd, panel: ApprovalsPanel, job: IJob): void {
-  const who = job.requester.user || 'an agent';
+  const who = requesterLabel(job.requester);
   const shots = job.shots.toLocaleString();
   Notification.info(
     `Quantum job waiting for approval: ${who} asks for ${shots} shots on ${job.backend}.`,

@@ -10,7 +10,15 @@ import { LabIcon, refreshIcon } from '@jupyterlab/ui-components';
 import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
-import { ConnectionState, IJob, JobEvents, PENDING, QGuardClient, QGuardError } from './api';
+import {
+  ConnectionState,
+  IJob,
+  JobEvents,
+  PENDING,
+  QGuardClient,
+  QGuardError,
+  requesterLabel
+} from './api';
 import { basename, button, code, element, messageOf, short, stateLabel, timeElement } from './dom';
 import { HistoryView } from './history';
 import { ISessions, KernelsView } from './kernels';
@@ -405,7 +413,7 @@ export class ApprovalsPanel extends Widget {
       fields.append(element('dt', undefined, name), dd);
     };
     field('Job', code(id), job.id);
-    field('Requested by', job.requester.user || '—');
+    field('Requested by', requesterLabel(job.requester));
     const notebook = job.requester.notebook;
     field('Notebook', notebook ? basename(notebook) : '—', notebook ?? undefined);
     const cell = job.requester.cell_id;

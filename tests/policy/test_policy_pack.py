@@ -62,9 +62,85 @@ def warn(msg):
 
 SIM = {"job.backend": "aer_simulator", "cost.estimate": 0.0}
 PREMIUM = {"job.backend": "fake_torino"}
+# An agent's token: requester.kind "agent" with its manifest, and its own rate in usage.agent.
+AGENT = {
+    "requester": {
+        "user": "ada",
+        "kernel_id": "k1",
+        "kind": "agent",
+        "agent": "bot",
+        "manifest": {
+            "backends": ["aer_*", "fake_bris*"],
+            "limits": {
+                "max_shots": 5000,
+                "max_cost_per_job": 1.0,
+                "rate": {"jobs": 10, "per_seconds": 3600},
+            },
+        },
+    },
+    "usage.agent": {"name": "bot", "per_seconds": 3600, "jobs_window": 3},
+}
+AGENT_BACKEND = "agent bot may not ask for backend {b}: its manifest allows aer_*, fake_bris*"
+AGENT_SHOTS = "agent bot may ask for at most 5000 shots per job, not {n}"
+AGENT_CAP = "the estimated cost, {c} USD, is over agent bot's cap of 1.00 per job"
+AGENT_RATE = (
+    "agent bot has asked for {n} jobs in the last 3600 seconds, its limit; wait, or give it a "
+    "manifest with a higher rate"
+)
 
 # name: (changes, allow, deny, approvals_required, mfa_required, notes)
 CASES = {
+    "an agent within its manifest": (AGENT, True, [], 1, False, []),
+    "an agent on a simulator its manifest allows": ({**AGENT, **SIM}, True, [], 0, False, []),
+    "an agent asks for a backend its manifest does not list": (
+        {**AGENT, **PREMIUM},
+        False,
+        [AGENT_BACKEND.format(b="fake_torino")],
+        2,
+        True,
+        [TWO],
+    ),
+    "an agent at its shot limit": ({**AGENT, "job.shots": 5000}, True, [], 1, False, []),
+    "an agent over its shot limit": (
+        {**AGENT, "job.shots": 5001},
+        False,
+        [AGENT_SHOTS.format(n=5001)],
+        1,
+        False,
+        [],
+    ),
+    "an agent over its cost cap": (
+        {**AGENT, "cost.estimate": 1.25},
+        False,
+        [AGENT_CAP.format(c="1.25")],
+        1,
+        False,
+        [],
+    ),
+    "an agent one job below its rate": (
+        {**AGENT, "usage.agent": {"name": "bot", "per_seconds": 3600, "jobs_window": 9}},
+        True,
+        [],
+        1,
+        False,
+        [],
+    ),
+    "an agent at its rate": (
+        {**AGENT, "usage.agent": {"name": "bot", "per_seconds": 3600, "jobs_window": 10}},
+        False,
+        [AGENT_RATE.format(n=10)],
+        1,
+        False,
+        [],
+    ),
+    "a user is not held to an agent's manifest": (
+        {"job.shots": 50000, "usage.agent": {"jobs_window": 99}},
+        True,
+        [],
+        1,
+        False,
+        [],
+    ),
     "simulator runs without approval": (SIM, True, [], 0, False, []),
     "hardware needs one approval": ({}, True, [], 1, False, []),
     "premium needs two approvers and mfa": (PREMIUM, True, [], 2, True, [TWO]),
@@ -560,8 +636,8 @@ def test_the_installed_pack_is_this_pack():
     import sys
 
     installed = Path(sys.prefix) / "share" / "jupyter_qguard" / "policies"
-    for source in sorted(PACK.iterdir()):
-        copy_ = installed / source.name
+    for source in sorted(p for p in PACK.rglob("*") if p.is_file()):
+        copy_ = installed / source.relative_to(PACK)
         assert copy_.is_file() and copy_.read_bytes() == source.read_bytes(), (
             f"{copy_} differs from {source}: run `pip install -e .` again"
         )

@@ -52,3 +52,27 @@ bell.h(0)
 bell.cx(0, 1)
 bell.measure_all()
 """
+
+
+def stored_job(store: Any, *, user: str, backend: str, state: str | None) -> dict[str, Any]:
+    """A job put straight into the server's store (for views of it: history, refusals)."""
+    from jupyter_qguard.broker.jobs import State
+
+    job = store.create_job(
+        actor="kernel:test",
+        requester={"user": user, "kernel_id": "k" * 32, "notebook": "a.ipynb", "cell_id": None},
+        requester_user=user,
+        backend=backend,
+        shots=100,
+        seed=None,
+        max_cost=None,
+        request={"program": {"sdk": "qiskit", "format": "qpy", "sha256": "a" * 64}},
+        program_sha256="a" * 64,
+        files={},
+        policy_version="p" * 64,
+        digest="d" * 64,
+        decision={},
+    )
+    if state:
+        job = store.transition(job["id"], State(state), actor="broker", reason="test")
+    return job

@@ -13,7 +13,9 @@ export async function openNotebook(
   const workspace = path.replace(/\W/g, '-');
   await page.goto(`/lab/workspaces/${workspace}/tree/${path}?reset&token=${TOKEN}`);
   // The notebook's kernel (from its metadata) is up when the status says idle.
-  await expect(page.locator('.jp-NotebookPanel')).toBeVisible({ timeout: 90_000 });
+  await expect(page.locator('.jp-NotebookPanel')).toBeVisible({
+    timeout: 90_000
+  });
   await expect(page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')).toBeVisible({
     timeout: 90_000
   });
@@ -31,7 +33,11 @@ export async function runCell(page: Page, index = 0, advance = true): Promise<Lo
   for (let attempt = 0; attempt < 20; attempt++) {
     await cell.locator('.jp-InputArea-prompt').click();
     if (advance) {
-      await page.getByRole('button', { name: 'Run this cell and advance (Shift+Enter)' }).click();
+      await page
+        .getByRole('button', {
+          name: 'Run this cell and advance (Shift+Enter)'
+        })
+        .click();
     } else {
       await page.keyboard.press('Control+Enter');
     }

@@ -75,7 +75,9 @@ test('a console on an agent kernel runs no script either', async ({ page }) => {
     )
     .click();
   const panel = page.locator('.jp-ConsolePanel');
-  await expect(panel).toHaveAttribute('data-qguard-agent-outputs', 'true', { timeout: 90_000 });
+  await expect(panel).toHaveAttribute('data-qguard-agent-outputs', 'true', {
+    timeout: 90_000
+  });
   const prompt = panel.locator('.jp-CodeConsole-promptCell .cm-content');
   await prompt.click();
   await page.keyboard.insertText(
@@ -85,7 +87,9 @@ test('a console on an agent kernel runs no script either', async ({ page }) => {
   );
   await page.keyboard.press('Shift+Enter');
   const out = panel.locator('.jp-CodeConsole-content .jp-OutputArea');
-  await expect(out.locator('i', { hasText: 'console html' })).toBeVisible({ timeout: 60_000 });
+  await expect(out.locator('i', { hasText: 'console html' })).toBeVisible({
+    timeout: 60_000
+  });
   await expect(out).toContainText('<IPython.core.display.Javascript object>');
   await expect(out.locator('[onerror]')).toHaveCount(0);
   await page.waitForTimeout(2_000);

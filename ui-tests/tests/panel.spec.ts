@@ -14,21 +14,31 @@ test('a job is approved in the panel and the waiting cell prints the counts', as
   const output = cell.locator('.jp-OutputArea-output');
   await expect(output.first()).toContainText('qguard job', { timeout: 60_000 });
   const submittedAt = Date.now();
-  await expect(panel.locator('.jp-QGuard-job')).toHaveCount(1, { timeout: 5_000 });
+  await expect(panel.locator('.jp-QGuard-job')).toHaveCount(1, {
+    timeout: 5_000
+  });
   expect(Date.now() - submittedAt).toBeLessThan(1_000);
   // The review: the circuit as drawn by Qiskit, and the noisy preflight run as a histogram.
   const job = panel.locator('.jp-QGuard-job').first();
   await job.locator('.jp-QGuard-review summary').click();
-  await expect(job.locator('.jp-QGuard-drawing')).toContainText('┤ H ├', { timeout: 10_000 });
+  await expect(job.locator('.jp-QGuard-drawing')).toContainText('┤ H ├', {
+    timeout: 10_000
+  });
   await expect(job.locator('.jp-QGuard-histogram tr[data-outcome="00"]')).toBeVisible();
   await expect(job.locator('.jp-QGuard-histogram tr[data-outcome="11"]')).toBeVisible();
   await expect(job.locator('.jp-QGuard-budget')).toContainText('this job: 0.00 USD');
   await expect(job.locator('.jp-QGuard-file').first()).toContainText('approve.ipynb');
   await page.screenshot({ path: `${ARTIFACTS}/panel-pending-light.png` });
   await panel.locator('.jp-QGuard-approve').first().click();
-  await expect(panel.locator('.jp-QGuard-job')).toHaveCount(0, { timeout: 10_000 });
-  await expect(cell.locator('.jp-OutputArea')).toContainText("'00'", { timeout: 60_000 });
-  await expect(cell.locator('.jp-OutputArea')).toContainText('counts', { timeout: 5_000 });
+  await expect(panel.locator('.jp-QGuard-job')).toHaveCount(0, {
+    timeout: 10_000
+  });
+  await expect(cell.locator('.jp-OutputArea')).toContainText("'00'", {
+    timeout: 60_000
+  });
+  await expect(cell.locator('.jp-OutputArea')).toContainText('counts', {
+    timeout: 5_000
+  });
 });
 
 test('history with filters and the kernels, by keyboard', async ({ page }) => {
@@ -87,13 +97,17 @@ test('a job denied in the panel ends the waiting cell with the reason', async ({
   const panel = await openPanel(page);
   const cell = page.locator('.jp-CodeCell').first();
   await runCell(page);
-  await expect(panel.locator('.jp-QGuard-job')).toHaveCount(1, { timeout: 60_000 });
+  await expect(panel.locator('.jp-QGuard-job')).toHaveCount(1, {
+    timeout: 60_000
+  });
   await panel.locator('.jp-QGuard-deny').first().click();
   const dialog = page.locator('.jp-Dialog');
   await expect(dialog).toBeVisible();
   await dialog.locator('input').fill('too many shots for a first run');
   await dialog.locator('.jp-mod-accept').click();
-  await expect(panel.locator('.jp-QGuard-job')).toHaveCount(0, { timeout: 10_000 });
+  await expect(panel.locator('.jp-QGuard-job')).toHaveCount(0, {
+    timeout: 10_000
+  });
   const out = cell.locator('.jp-OutputArea');
   await expect(out).toContainText('QGuardDenied', { timeout: 60_000 });
   await expect(out).toContainText('too many shots for a first run');
@@ -109,7 +123,9 @@ test('the panel with a pending request, in the dark theme', async ({ page }) => 
   await openNotebook(page, 'dark.ipynb');
   const panel = await openPanel(page);
   await runCell(page);
-  await expect(panel.locator('.jp-QGuard-job')).toHaveCount(1, { timeout: 60_000 });
+  await expect(panel.locator('.jp-QGuard-job')).toHaveCount(1, {
+    timeout: 60_000
+  });
   await expect(page.locator('body')).toHaveAttribute('data-jp-theme-light', 'false');
   // The theme's CSS arrives after the attribute: wait until the top bar and the panel's own
   // header are drawn dark (both carry an opaque background).
@@ -128,7 +144,9 @@ test('the panel with a pending request, in the dark theme', async ({ page }) => 
   await panel.locator('.jp-QGuard-deny').first().click();
   await page.locator('.jp-Dialog input').fill('screenshot only');
   await page.locator('.jp-Dialog .jp-mod-accept').click();
-  await expect(panel.locator('.jp-QGuard-job')).toHaveCount(0, { timeout: 10_000 });
+  await expect(panel.locator('.jp-QGuard-job')).toHaveCount(0, {
+    timeout: 10_000
+  });
   // Back to the light theme for whatever runs next.
   await page.request.put(`${settings}?token=${TOKEN}`, {
     data: { raw: JSON.stringify({ theme: 'JupyterLab Light' }) }

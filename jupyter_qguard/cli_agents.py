@@ -1,0 +1,128 @@
+"""`jupyter qguard agent-token create|list|revoke`: tokens for agents that reach Jupyter from
+outside (Jupyter AI, MCP servers, scripts). A token is printed once, when it is made; the server
+keeps its SHA-256 digest only."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from traitlets import Bool, Unicode
+
+from .agents.manifest import Manifest, ManifestError
+from .agents.tokens import AgentTokenError, AgentTokens, parse_ttl
+from .cli import QGuardCommand, format_table
+from .cli_audit import _group
+
+
+class AgentTokenSubcommand(QGuardCommand):
+    def tokens(self) -> AgentTokens:
+        from .broker.store import Store
+
+        settings = self.qguard_settings()
+        # The first token may come before the server ever ran: make the state directory.
+        Path(settings.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._store = Store(settings.db_url)
+        return AgentTokens(self._store.engine, policy_dir=settings.policy_dir)
+
+    def fail(self, message: str) -> None:
+        print(f"jupyter qguard agent-token: {message}", file=sys.stderr)
+        self.exit(1)
+
+
+class AgentTokenCreate(AgentTokenSubcommand):
+    name = "jupyter-qguard-agent-token-create"
+    description = "Make a token for an agent; it is printed once and stored hashed."
+
+    agent_name = Unicode("", help="The agent's name, shown in the panel and the audit log.").tag(
+        config=True
+    )
+    manifest = Unicode(
+        "", help="Capability manifest (YAML or JSON). Default: the policy pack's agents/default."
+    ).tag(config=True)
+    ttl = Unicode("", help="Lifetime: 90m, 12h, 7d, 2w. Default: until revoked.").tag(config=True)
+    as_json = Bool(False, help="Print JSON (with the token) instead of text.").tag(config=True)
+
+    aliases = {
+        "name": "AgentTokenCreate.agent_name",
+        "manifest": "AgentTokenCreate.manifest",
+        "ttl": "AgentTokenCreate.ttl",
+    }
+    flags = {"json": ({"AgentTokenCreate": {"as_json": True}}, "Print JSON.")}
+
+    def start(self) -> None:
+        if not self.agent_name:
+            self.fail("--name is required")
+        settings = self.qguard_settings()
+        try:
+            manifest = Manifest.load(self.manifest or None, policy_dir=settings.policy_dir)
+            ttl = parse_ttl(self.ttl) if self.ttl else None
+            row, token = self.tokens().create(self.agent_name, manifest, ttl=ttl)
+        except (ManifestError, AgentTokenError) as exc:
+            self.fail(str(exc))
+            return
+        if self.as_json:
+            print(json.dumps({**row, "token": token}, indent=2))
+            return
+        print(token)
+        expires = row["expires_at"] or "never (revoke it with `jupyter qguard agent-token revoke`)"
+        print(
+            f"\nagent {row['name']}, token id {row['id']}, manifest {row['manifest']}, "
+            f"expires {expires}.\nThis is the only time the token is shown: give it to the agent "
+            "as `Authorization: token <token>`.",
+            file=sys.stderr,
+        )
+
+
+class AgentTokenList(AgentTokenSubcommand):
+    name = "jupyter-qguard-agent-token-list"
+    description = "List agent tokens (never the tokens themselves)."
+    as_json = Bool(False, help="Print JSON instead of a table.").tag(config=True)
+    flags = {"json": ({"AgentTokenList": {"as_json": True}}, "Print JSON.")}
+
+    def start(self) -> None:
+        rows: list[dict[str, Any]] = self.tokens().list()
+        if self.as_json:
+            print(json.dumps(rows, indent=2))
+        elif not rows:
+            print("no agent tokens")
+        else:
+
+            def minute(iso: str | None) -> str:
+                return iso[:16].replace("T", " ") if iso else "never"
+
+            shown = [
+                {**r, "created_at": minute(r["created_at"]), "expires_at": minute(r["expires_at"])}
+                for r in rows
+            ]
+            columns = [
+                ("id", "ID", 12),
+                ("name", "NAME", 24),
+                ("state", "STATE", 8),
+                ("created_at", "CREATED (UTC)", 16),
+                ("expires_at", "EXPIRES (UTC)", 16),
+                ("manifest", "MANIFEST", 1024),
+            ]
+            print(format_table(shown, columns))
+
+
+class AgentTokenRevoke(AgentTokenSubcommand):
+    name = "jupyter-qguard-agent-token-revoke"
+    description = "Revoke a token by id, or every token of an agent by name. Takes effect at once."
+
+    def start(self) -> None:
+        if len(self.extra_args) != 1:
+            self.fail("give one token id or agent name")
+        count = self.tokens().revoke(self.extra_args[0])
+        if count == 0:
+            self.fail(f"no live token with id or name {self.extra_args[0]!r}")
+        print(f"revoked {count} token{'s' if count != 1 else ''}")
+
+
+AgentTokenCommand = _group(
+    "AgentTokenCommand",
+    "Tokens for agents: they can drive sandboxed kernels and files in their manifest, no more.",
+    {"create": AgentTokenCreate, "list": AgentTokenList, "revoke": AgentTokenRevoke},
+)
