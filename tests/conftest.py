@@ -149,3 +149,30 @@ def start_kernel(jp_fetch: Any, jp_serverapp: Any, broker: Any) -> Any:
     yield start
     for k in kernels:
         k.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Any:
+    """One real PostgreSQL cluster for the session (tests/support/postgres.py)."""
+    import tempfile
+
+    from support.postgres import PostgresCluster
+
+    # Under /tmp itself: the cluster's account must be able to reach its directory.
+    base = Path(tempfile.mkdtemp(prefix="qguard-pg-"))
+    cluster = PostgresCluster(base).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each kind the store supports: the same code runs on both."""
+    if request.param == "sqlite":
+        from jupyter_qguard.broker.store import sqlite_url
+
+        return sqlite_url(str(tmp_path / "q.db"))
+    return request.getfixturevalue("postgres").new_database()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -19,7 +20,7 @@ from jupyter_qguard.broker.jobs import (
     can_transition,
     validate_request,
 )
-from jupyter_qguard.broker.store import Store, TransitionConflict, sqlite_url
+from jupyter_qguard.broker.store import Store, TransitionConflict
 
 
 def request(**over):
@@ -138,8 +139,12 @@ def test_digest_changes_with_every_bound_value(field, n):
     assert approval_digest(**changed) != approval_digest(**DIGEST_ARGS)
 
 
-def _store(tmp_path) -> Store:
-    return Store(sqlite_url(str(tmp_path / "q.db")))
+@pytest.fixture
+def store(db_url: str) -> Any:
+    """The store on SQLite and on PostgreSQL."""
+    s = Store(db_url)
+    yield s
+    s.close()
 
 
 def _job(store: Store) -> dict:
@@ -159,8 +164,7 @@ def _job(store: Store) -> dict:
     )
 
 
-def test_store_refuses_illegal_transitions_and_records_events(tmp_path):
-    store = _store(tmp_path)
+def test_store_refuses_illegal_transitions_and_records_events(store):
     job = _job(store)
     with pytest.raises(TransitionConflict):
         store.transition(job["id"], State.SUBMITTED, actor="x")
@@ -177,8 +181,7 @@ def test_store_refuses_illegal_transitions_and_records_events(tmp_path):
     assert hist["reason"] == "no"
 
 
-def test_only_one_of_many_racing_writers_wins(tmp_path):
-    store = _store(tmp_path)
+def test_only_one_of_many_racing_writers_wins(store):
     job = _job(store)
     store.transition(job["id"], State.QUEUED, actor="broker")
     wins, barrier = [], threading.Barrier(8)
@@ -200,8 +203,7 @@ def test_only_one_of_many_racing_writers_wins(tmp_path):
     assert [e["to"] for e in store.events(job["id"])].count("submitted") == 1
 
 
-def test_approvals_count_distinct_people(tmp_path):
-    store = _store(tmp_path)
+def test_approvals_count_distinct_people(store):
     job = _job(store)
     assert store.add_approval(job["id"], "ada", "d" * 64) == 1
     assert store.add_approval(job["id"], "ada", "d" * 64) == 1
