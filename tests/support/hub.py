@@ -1,0 +1,171 @@
+"""A real JupyterHub for the team-mode tests: JupyterHub from PyPI, configurable-http-proxy from
+npm (installed into tests/.hub-proxy by the test setup when missing), local-process spawning,
+users alice and bob, an `approvers` group, qguard's custom scopes and roles. Listens on
+127.0.0.1 only; a service token lets the test drive the hub's REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+
+from support.jupyter_proc import free_port
+
+PROXY_DIR = Path(__file__).resolve().parents[1] / ".hub-proxy"
+PROXY_VERSION = "5.3.0"
+
+CONFIG = """\
+c = get_config()  # noqa: F821
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = {port}
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = {hub_port}
+c.ConfigurableHTTPProxy.command = [{proxy!r}]
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
+c.JupyterHub.db_url = "sqlite:///{base}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{base}/cookie_secret"
+c.JupyterHub.authenticator_class = "dummy"
+c.Authenticator.allowed_users = {{"alice", "bob", "carol"}}
+# Every user's server runs as this process's user, in /tmp/<base>/<name>, its notebooks in
+# workspace/ (so the server's state under the home directory is outside its root).
+c.JupyterHub.spawner_class = "simple"
+c.SimpleLocalProcessSpawner.home_dir_template = "{base}/{{username}}"
+c.Spawner.notebook_dir = "{base}/{{username}}/workspace"
+
+
+def _make_workspace(spawner):
+    import os
+
+    os.makedirs(f"{base}/{{spawner.user.name}}/workspace", exist_ok=True)
+
+
+c.Spawner.pre_spawn_hook = _make_workspace
+c.Spawner.cmd = [{singleuser!r}]
+c.Spawner.args = {args!r}
+c.JupyterHub.custom_scopes = {{
+    "custom:qguard:request": {{"description": "Ask the qguard broker to run quantum jobs."}},
+    "custom:qguard:approve": {{"description": "Approve or deny quantum jobs of the team."}},
+    "custom:qguard:admin": {{"description": "Administer the qguard broker."}},
+}}
+c.JupyterHub.load_groups = {{"approvers": {{"users": ["bob", "carol"]}}}}
+c.JupyterHub.load_roles = [
+    {{"name": "user", "scopes": ["self", "custom:qguard:request"]}},
+    {{"name": "qguard-approvers", "groups": ["approvers"], "scopes": ["custom:qguard:approve"]}},
+    {{
+        "name": "qguard-test",
+        "scopes": ["admin:users", "admin:servers", "tokens", "read:users", "groups"],
+        "services": ["qguard-test"],
+    }},
+]
+c.JupyterHub.services = [{{"name": "qguard-test", "api_token": {service_token!r}}}]
+c.Spawner.server_token_scopes = [
+    "access:servers!user",
+    "users:activity!user",
+    "custom:qguard:request",
+]
+c.JupyterHub.cleanup_servers = True
+"""
+
+
+def ensure_proxy() -> str:
+    """configurable-http-proxy from npm, into tests/.hub-proxy (kept between runs)."""
+    binary = PROXY_DIR / "node_modules" / ".bin" / "configurable-http-proxy"
+    if not binary.exists():
+        PROXY_DIR.mkdir(exist_ok=True)
+        subprocess.run(
+            [
+                "npm",
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+                str(PROXY_DIR),
+                f"configurable-http-proxy@{PROXY_VERSION}",
+            ],
+            check=True,
+            timeout=600,
+        )
+    return str(binary)
+
+
+class Hub:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = free_port()
+        self.hub_port = free_port()
+        self.proxy_api_port = free_port()
+        self.service_token = secrets.token_hex(32)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = base / "hub.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> Hub:
+        self.base.mkdir(parents=True, exist_ok=True)
+        bindir = Path(sys.executable).parent
+        args = ["--allow-root"] if os.geteuid() == 0 else []
+        config = CONFIG.format(
+            port=self.port,
+            hub_port=self.hub_port,
+            proxy_api_port=self.proxy_api_port,
+            proxy=ensure_proxy(),
+            base=self.base,
+            singleuser=str(bindir / "jupyterhub-singleuser"),
+            args=args,
+            service_token=self.service_token,
+        )
+        (self.base / "jupyterhub_config.py").write_text(config)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "JPY_"))}
+        env["PATH"] = f"{bindir}:{env.get('PATH', '/usr/bin:/bin')}"
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(bindir / "jupyterhub"), "-f", str(self.base / "jupyterhub_config.py")],
+            cwd=self.base,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"jupyterhub exited: {self.log_path.read_text()[-3000:]}")
+            if "JupyterHub is now running" in self.log_path.read_text(errors="replace"):
+                return self
+            time.sleep(0.2)
+        raise TimeoutError(f"jupyterhub did not start: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        # The hub stops the servers it spawned (cleanup_servers) and its proxy on SIGTERM.
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()
+
+    async def api(
+        self, path: str, *, method: str = "GET", body: Any = None, token: str | None = None
+    ) -> HTTPResponse:
+        request = HTTPRequest(
+            f"{self.url}/hub/api/{path}",
+            method=method,
+            body=None if body is None else json.dumps(body),
+            headers={"Authorization": f"token {token or self.service_token}"},
+            allow_nonstandard_methods=True,
+            request_timeout=60,
+        )
+        return await AsyncHTTPClient().fetch(request, raise_error=False)
