@@ -127,7 +127,7 @@ class _AgentRequest:
             return self._new_session_allowed(body)
         m = _KERNEL.fullmatch(self.route)
         if m and resource == "kernels":
-            return self._kernel_is_qguard(m["id"], note=True)
+            return self._kernel_is_qguard(m["id"])
         m = _SESSION.fullmatch(self.route)
         if m and resource == "sessions":
             sm = self.handler.settings["session_manager"]
@@ -135,7 +135,7 @@ class _AgentRequest:
                 session = await sm.get_session(session_id=m["id"])
             except web.HTTPError:
                 return False
-            if not self._kernel_is_qguard(session["kernel"]["id"], note=True):
+            if not self._kernel_is_qguard(session["kernel"]["id"]):
                 return False
             if self.method == "PATCH":
                 return self._new_session_allowed(self.body(), patch=True)
@@ -151,7 +151,7 @@ class _AgentRequest:
         if not isinstance(kernel, dict):
             return patch  # PATCH may rename only; POST must say which kernel (or take default).
         if kernel.get("id"):
-            return self._kernel_is_qguard(str(kernel["id"]), note=True)
+            return self._kernel_is_qguard(str(kernel["id"]))
         return self._spec_is_qguard(kernel.get("name"))
 
     def _spec_is_qguard(self, name: Any) -> bool:
@@ -166,7 +166,8 @@ class _AgentRequest:
         provisioner = (spec.metadata or {}).get("kernel_provisioner", {})
         return provisioner.get("provisioner_name") in qguard_provisioner_names()
 
-    def _kernel_is_qguard(self, kernel_id: str, *, note: bool) -> bool:
+    def _kernel_is_qguard(self, kernel_id: str) -> bool:
+        """Runs under the qguard provisioner; the broker learns that this agent drives it."""
         km = self.handler.settings["kernel_manager"]
         try:
             kernel = km.get_kernel(kernel_id)
@@ -175,7 +176,7 @@ class _AgentRequest:
         if not isinstance(getattr(kernel, "provisioner", None), QGuardProvisioner):
             return False
         broker = self.handler.settings.get("qguard_broker")
-        if note and broker is not None:
+        if broker is not None:
             broker.note_agent(kernel_id, self.agent)
         return True
 

@@ -82,10 +82,7 @@ class Manifest:
             return False
         return any(fnmatchcase(rel, p) for p in contents[how])
 
-    # -- jobs --------------------------------------------------------------------------------
-
-    def allows_backend(self, backend: str) -> bool:
-        return any(fnmatchcase(backend, p) for p in self.data["backends"])
+    # -- jobs: the policy decides (glob.match on the backend patterns) -----------------------
 
     @property
     def limits(self) -> dict[str, Any]:

@@ -29,6 +29,23 @@ export function button(label: string, ariaLabel: string, className: string): HTM
   return b;
 }
 
+/** A <dl class="jp-QGuard-fields"> and the function that adds a name and its value to it. */
+export function fieldList(): [
+  HTMLDListElement,
+  (name: string, value: string | Node, title?: string) => void
+] {
+  const list = element('dl', 'jp-QGuard-fields');
+  const add = (name: string, value: string | Node, title?: string): void => {
+    const dd = element('dd');
+    dd.append(value);
+    if (title) {
+      dd.title = title;
+    }
+    list.append(element('dt', undefined, name), dd);
+  };
+  return [list, add];
+}
+
 /** A <time> that shows the time alone for today (the sidebar is narrow), the date otherwise. */
 export function timeElement(iso: string): HTMLTimeElement {
   const date = new Date(iso);
@@ -38,7 +55,7 @@ export function timeElement(iso: string): HTMLTimeElement {
   return node;
 }
 
-export function when(date: Date): string {
+function when(date: Date): string {
   if (date.toDateString() === new Date().toDateString()) {
     return date.toLocaleTimeString();
   }

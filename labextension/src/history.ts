@@ -13,7 +13,17 @@ import {
   STATES,
   requesterLabel
 } from './api';
-import { basename, button, code, element, messageOf, short, stateLabel, timeElement } from './dom';
+import {
+  basename,
+  button,
+  code,
+  element,
+  fieldList,
+  messageOf,
+  short,
+  stateLabel,
+  timeElement
+} from './dom';
 
 const PAGE = 50;
 /** Typing in a text filter reloads once the user pauses. */
@@ -243,12 +253,7 @@ export class HistoryView {
 }
 
 function detailNodes(job: IJobDetail): Node[] {
-  const fields = element('dl', 'jp-QGuard-fields');
-  const field = (name: string, value: string | Node): void => {
-    const dd = element('dd');
-    dd.append(value);
-    fields.append(element('dt', undefined, name), dd);
-  };
+  const [fields, field] = fieldList();
   field('Job', code(job.id));
   const notebook = job.requester.notebook;
   field('Notebook', notebook ? basename(notebook) : '—');

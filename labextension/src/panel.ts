@@ -19,7 +19,17 @@ import {
   QGuardError,
   requesterLabel
 } from './api';
-import { basename, button, code, element, messageOf, short, stateLabel, timeElement } from './dom';
+import {
+  basename,
+  button,
+  code,
+  element,
+  fieldList,
+  messageOf,
+  short,
+  stateLabel,
+  timeElement
+} from './dom';
 import { HistoryView } from './history';
 import { ISessions, KernelsView } from './kernels';
 import { reviewSection } from './review';
@@ -403,15 +413,7 @@ export class ApprovalsPanel extends Widget {
       element('span', 'jp-QGuard-state', stateLabel(job.state))
     );
 
-    const fields = element('dl', 'jp-QGuard-fields');
-    const field = (name: string, value: string | Node, full?: string): void => {
-      const dd = element('dd');
-      dd.append(value);
-      if (full) {
-        dd.title = full;
-      }
-      fields.append(element('dt', undefined, name), dd);
-    };
+    const [fields, field] = fieldList();
     field('Job', code(id), job.id);
     field('Requested by', requesterLabel(job.requester));
     const notebook = job.requester.notebook;

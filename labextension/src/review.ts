@@ -6,12 +6,12 @@
  */
 
 import { IJob, IReview, QGuardClient } from './api';
+import { element, messageOf } from './dom';
 
 /** A <details> that loads the review the first time it is opened. */
 export function reviewSection(job: IJob, client: QGuardClient): HTMLDetailsElement {
-  const details = document.createElement('details');
-  details.className = 'jp-QGuard-review';
-  const summary = text('summary', 'Review');
+  const details = element('details', 'jp-QGuard-review');
+  const summary = element('summary', undefined, 'Review');
   summary.setAttribute('aria-label', `Review job ${job.id.slice(0, 8)}`);
   details.append(summary, decisionPart(job));
   let loaded = false;
@@ -20,13 +20,13 @@ export function reviewSection(job: IJob, client: QGuardClient): HTMLDetailsEleme
       return;
     }
     loaded = true;
-    const status = text('p', 'Loading the review…', 'jp-QGuard-reviewStatus');
+    const status = element('p', 'jp-QGuard-reviewStatus', 'Loading the review…');
     status.setAttribute('role', 'status');
     details.append(status);
     client.review(job).then(
       review => status.replaceWith(reviewPart(review)),
       (err: unknown) => {
-        status.textContent = `The review could not be read: ${err instanceof Error ? err.message : String(err)}`;
+        status.textContent = `The review could not be read: ${messageOf(err)}`;
         loaded = false;
       }
     );
@@ -35,7 +35,7 @@ export function reviewSection(job: IJob, client: QGuardClient): HTMLDetailsEleme
 }
 
 function decisionPart(job: IJob): HTMLElement {
-  const box = document.createElement('div');
+  const box = element('div');
   const decision = job.decision ?? {};
   const findings = decision.lint?.findings ?? [];
   box.append(heading('Lint'));
@@ -45,23 +45,27 @@ function decisionPart(job: IJob): HTMLElement {
           findings.map(f => `${f.severity}: ${f.message} (${f.code})`),
           'jp-QGuard-lint'
         )
-      : text('p', 'No findings.')
+      : element('p', undefined, 'No findings.')
   );
   box.append(heading('Policy'));
   const reasons = [...(decision.deny ?? []), ...(decision.notes ?? [])];
-  box.append(reasons.length ? list(reasons, 'jp-QGuard-reasons') : text('p', 'Allowed, no notes.'));
+  box.append(
+    reasons.length
+      ? list(reasons, 'jp-QGuard-reasons')
+      : element('p', undefined, 'Allowed, no notes.')
+  );
   const preflight = decision.preflight;
   box.append(heading('Preflight simulation'));
   if (preflight?.counts && Object.keys(preflight.counts).length) {
     box.append(histogram(preflight.counts));
   } else {
-    box.append(text('p', preflight?.skipped ?? 'None was run.'));
+    box.append(element('p', undefined, preflight?.skipped ?? 'None was run.'));
   }
   return box;
 }
 
 function reviewPart(review: IReview): HTMLElement {
-  const box = document.createElement('div');
+  const box = element('div');
   const b = review.budget;
   box.append(heading('Cost'));
   const cost = [
@@ -74,33 +78,33 @@ function reviewPart(review: IReview): HTMLElement {
   box.append(list(cost, 'jp-QGuard-budget'));
   box.append(heading('Circuit'));
   box.append(
-    text(
+    element(
       'pre',
-      review.drawing ?? 'No drawing (the program could not be drawn).',
-      'jp-QGuard-drawing'
+      'jp-QGuard-drawing',
+      review.drawing ?? 'No drawing (the program could not be drawn).'
     )
   );
   if (review.source) {
     box.append(heading(`Source (${review.format})`));
-    box.append(text('pre', review.source, 'jp-QGuard-source'));
+    box.append(element('pre', 'jp-QGuard-source', review.source));
   }
   box.append(heading('Bound files'));
   for (const file of review.files) {
     const change = file.change;
     box.append(
-      text(
+      element(
         'p',
+        'jp-QGuard-file',
         change
           ? `${file.path}: last changed by ${change.actor}`
-          : `${file.path}: no recorded change`,
-        'jp-QGuard-file'
+          : `${file.path}: no recorded change`
       )
     );
     const lines = change?.diff?.lines;
     if (lines?.length) {
-      box.append(text('pre', lines.join('\n'), 'jp-QGuard-diff'));
+      box.append(element('pre', 'jp-QGuard-diff', lines.join('\n')));
     } else if (change?.diff?.unavailable) {
-      box.append(text('p', change.diff.unavailable));
+      box.append(element('p', undefined, change.diff.unavailable));
     }
   }
   return box;
@@ -112,18 +116,20 @@ function histogram(counts: Record<string, number>): HTMLElement {
   const rows = Object.entries(counts)
     .sort((a, b) => b[1] - a[1])
     .slice(0, 16);
-  const table = document.createElement('table');
-  table.className = 'jp-QGuard-histogram';
+  const table = element('table', 'jp-QGuard-histogram');
   table.setAttribute('aria-label', 'Preflight counts by outcome');
   for (const [outcome, n] of rows) {
-    const tr = document.createElement('tr');
+    const tr = element('tr');
     tr.dataset.outcome = outcome;
-    const bar = document.createElement('span');
-    bar.className = 'jp-QGuard-bar';
+    const bar = element('span', 'jp-QGuard-bar');
     bar.style.width = `${Math.max(1, Math.round((100 * n) / total))}%`;
-    const cell = document.createElement('td');
+    const cell = element('td');
     cell.append(bar);
-    tr.append(text('th', outcome), cell, text('td', `${n} (${((100 * n) / total).toFixed(1)}%)`));
+    tr.append(
+      element('th', undefined, outcome),
+      cell,
+      element('td', undefined, `${n} (${((100 * n) / total).toFixed(1)}%)`)
+    );
     table.append(tr);
   }
   return table;
@@ -134,27 +140,13 @@ function money(value: number | null | undefined, currency: string): string {
 }
 
 function heading(label: string): HTMLElement {
-  return text('h4', label, 'jp-QGuard-reviewHeading');
+  return element('h4', 'jp-QGuard-reviewHeading', label);
 }
 
 function list(items: string[], className: string): HTMLUListElement {
-  const ul = document.createElement('ul');
-  ul.className = className;
+  const ul = element('ul', className);
   for (const item of items) {
-    ul.append(text('li', item));
+    ul.append(element('li', undefined, item));
   }
   return ul;
-}
-
-function text<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  content: string,
-  className?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.textContent = content;
-  if (className) {
-    node.className = className;
-  }
-  return node;
 }

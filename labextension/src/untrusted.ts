@@ -27,7 +27,6 @@ import { ConsolePanel } from '@jupyterlab/console';
 import { NotebookPanel } from '@jupyterlab/notebook';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { IRenderMime } from '@jupyterlab/rendermime-interfaces';
-import { IObservableList } from '@jupyterlab/observables';
 
 import { QGuardClient } from './api';
 
@@ -51,11 +50,10 @@ export class AgentOutputGuard {
       if (!model) {
         return;
       }
-      const keep = (cell: ICellModel): void => keepUntrusted(cell);
       for (const cell of model.cells) {
-        keep(cell);
+        keepUntrusted(cell);
       }
-      model.cells.changed.connect((_, change) => change.newValues.forEach(keep), panel);
+      model.cells.changed.connect((_, change) => change.newValues.forEach(keepUntrusted), panel);
     });
   }
 
@@ -64,11 +62,7 @@ export class AgentOutputGuard {
     const console_ = panel.console;
     new GuardedView(this._client, panel.sessionContext, console_.rendermime, panel.node, () => {
       const keep = (cell: Cell): void => keepUntrusted(cell.model);
-      console_.cells.changed.connect(
-        (_: IObservableList<Cell>, change: IObservableList.IChangedArgs<Cell>) =>
-          change.newValues.forEach(keep),
-        panel
-      );
+      console_.cells.changed.connect((_, change) => change.newValues.forEach(keep), panel);
       for (const cell of console_.cells) {
         keep(cell);
       }

@@ -71,3 +71,20 @@ export async function jobState(page: Page, id: string): Promise<string> {
   expect(reply.ok()).toBeTruthy();
   return ((await reply.json()) as { state: string }).state;
 }
+
+/**
+ * Open a notebook whose first cell submits a job and waits, run it, and find the job in the
+ * panel, pending. Returns the panel, the cell, the job's id and its item in the panel.
+ */
+export async function requestFrom(
+  page: Page,
+  path: string
+): Promise<{ panel: Locator; cell: Locator; id: string; item: Locator }> {
+  await openNotebook(page, path);
+  const panel = await openPanel(page);
+  const cell = await runCell(page, 0);
+  const id = await jobIdOf(cell);
+  const item = panel.locator(`.jp-QGuard-job[data-job-id="${id}"]`);
+  await expect(item).toHaveAttribute('data-state', 'pending_approval', { timeout: 10_000 });
+  return { panel, cell, id, item };
+}

@@ -4,17 +4,10 @@ import { createHmac } from 'crypto';
 
 import { expect, test } from '@playwright/test';
 
-import { ARTIFACTS, TOKEN, jobIdOf, jobState, openNotebook, openPanel, runCell } from './helpers';
+import { ARTIFACTS, TOKEN, jobState, openPanel, requestFrom } from './helpers';
 
 test('a bound file edited while the request is open voids it', async ({ page }) => {
-  await openNotebook(page, 'voided.ipynb');
-  const panel = await openPanel(page);
-  const cell = await runCell(page, 0);
-  const id = await jobIdOf(cell);
-  const item = panel.locator(`.jp-QGuard-job[data-job-id="${id}"]`);
-  await expect(item).toHaveAttribute('data-state', 'pending_approval', {
-    timeout: 10_000
-  });
+  const { panel, cell, id, item } = await requestFrom(page, 'voided.ipynb');
   const reply = await page.request.get(`/qguard/api/jobs/${id}?token=${TOKEN}`);
   const { digest } = (await reply.json()) as { digest: string };
 
@@ -67,14 +60,7 @@ function totp(secret: string, at: number): string {
 test('a step-up request asks for the TOTP code and refuses a wrong one', async ({ page }) => {
   const secret = process.env.QGUARD_TOTP_SECRET ?? '';
   expect(secret).not.toBe('');
-  await openNotebook(page, 'stepup.ipynb');
-  const panel = await openPanel(page);
-  const cell = await runCell(page, 0);
-  const id = await jobIdOf(cell);
-  const item = panel.locator(`.jp-QGuard-job[data-job-id="${id}"]`);
-  await expect(item).toHaveAttribute('data-state', 'pending_approval', {
-    timeout: 10_000
-  });
+  const { cell, id, item } = await requestFrom(page, 'stepup.ipynb');
 
   // A code no authenticator shows now (none of the steps the server accepts).
   const now = Date.now();
