@@ -33,7 +33,10 @@ async def test_the_review_shows_source_drawing_file_changes_and_budget(
 
     async def change_seen():
         r = await jp_fetch("qguard", "api", "changes")
-        return [c for c in json.loads(r.body)["changes"] if c["path"] == "params.json"]
+        changes = json.loads(r.body)["changes"]
+        # The file's creation (written above, after the server's watcher started) is a change
+        # too: wait for the edit itself, or the review may be read before it is recorded.
+        return [c for c in changes if c["path"] == "params.json" and c["kind"] == "modified"]
 
     (jp_root_dir / "params.json").write_text('{"theta": 0.2}')
     await wait_for(change_seen, timeout=15)
