@@ -290,6 +290,18 @@ class QGuardApp(ExtensionApp):
         "agent tokens are not recognized).",
     ).tag(config=True)
 
+    team_broker_url = Unicode(
+        help="Team mode (JupyterHub): the URL of the team's broker service as this server "
+        "reaches it, with its prefix (e.g. http://127.0.0.1:10101/services/qguard/). Job "
+        "requests of this server's agent kernels go there, authenticated with the server's "
+        "hub token (JUPYTERHUB_API_TOKEN); this server then holds no provider credential. "
+        "Default: $QGUARD_TEAM_BROKER_URL; empty: the broker runs in this server.",
+    ).tag(config=True)
+
+    @default("team_broker_url")
+    def _default_team_broker_url(self) -> str:
+        return os.environ.get("QGUARD_TEAM_BROKER_URL", "")
+
     store_class = Type(
         default_value=Store, klass=Store, help="The broker store implementation."
     ).tag(config=True)
@@ -394,25 +406,69 @@ class QGuardApp(ExtensionApp):
 
     def initialize_settings(self) -> None:
         self._check_state_dir()
+        if self.team_broker_url:
+            from .hub.forwarder import ForwardingBroker
+
+            # Team mode: this server forwards to the team's broker and holds no provider, so
+            # no credential (hub/forwarder.py); what stays here is the kernels' side.
+            broker = self.build_broker(
+                ForwardingBroker,
+                providers={},
+                workspace_root=self.serverapp.root_dir,
+                service_url=self.team_broker_url,
+                service_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
+            )
+        else:
+            broker = self.build_broker(
+                self.broker_class,
+                providers=None,
+                workspace_root=self.serverapp.root_dir,
+            )
+        self._fingerprint_key()
+        self.settings["qguard_broker"] = self.broker = broker
+        # Agent tokens (jupyter qguard agent-token): read by agents/identity.py on each request
+        # that presents one, in the same database as the jobs.
+        self.settings[AGENT_TOKENS_KEY] = AgentTokens(
+            broker.store.engine, policy_dir=self.policy_dir
+        )
+        runtime.set_current(broker)
+        self.log.info(
+            "qguard: state in %s, store %s",
+            self.state_dir,
+            broker.store.engine.url.render_as_string(hide_password=True),
+        )
+
+    def build_broker(
+        self,
+        broker_class: type[Broker],
+        *,
+        providers: dict[str, Any] | None,
+        workspace_root: str,
+        **extra: Any,
+    ) -> Broker:
+        """The broker with its store, policy, keyring, audit log and providers (None: those
+        of QGuardApp.backends), from these settings. Shared by the server extension and the
+        team broker service (hub/command.py), which has no workspace of its own."""
         policy = PolicyEngine(self.policy_dir, self.policy_data)  # PolicyError: do not start
         self.log.info("qguard: policy pack %s, version %s", self.policy_dir, policy.version[:12])
         store = self.store_class(self.db_url)
         self._credentials = credentials = self.credential_store()
         audit = self.open_audit(credentials)
         store.audit = audit
-        self.broker = self.broker_class(
+        serverapp = getattr(self, "serverapp", None)
+        broker = broker_class(
             store=store,
             backends=self.backends,
-            providers=self._providers(),
-            workspace_root=self.serverapp.root_dir,
+            providers=self._providers() if providers is None else providers,
+            workspace_root=workspace_root,
             approval_ttl=self.approval_ttl,
             wait_max_seconds=self.wait_max_seconds,
-            notebook_for_kernel=self._notebook_for_kernel,
+            notebook_for_kernel=self._notebook_for_kernel if serverapp is not None else None,
             user=self.requester_user or None,
             kernel_settings={
                 "env_allowlist": list(self.kernel_env_allowlist),
                 "runtime_root": self.kernel_runtime_root,
-                "workspace": self.serverapp.root_dir,
+                "workspace": workspace_root,
                 "minimum": list(self.sandbox_minimum),
                 "disabled": list(self.sandbox_disabled),
                 "rlimits": dict(self.kernel_rlimits),
@@ -430,30 +486,23 @@ class QGuardApp(ExtensionApp):
                 "rate": self.channel_rate,
                 "burst": self.channel_burst,
             },
+            **extra,
         )
-        self.broker.audit = audit
-        self.broker.credentials = credentials
-        self.broker.bundles_dir = Path(self.bundles_dir)
-        self.broker.sbom_cache_dir = Path(self.state_dir) / "sbom-cache"
-        self.broker.mfa_single_user = self.mfa_single_user
+        broker.audit = audit
+        broker.credentials = credentials
+        broker.bundles_dir = Path(self.bundles_dir)
+        broker.sbom_cache_dir = Path(self.state_dir) / "sbom-cache"
+        # A team broker checks each approver's own code, whatever the setting says.
+        broker.mfa_single_user = self.mfa_single_user and broker.mfa_single_user
         credentials.on_use = self._credential_used
-        self.broker.secret_scan = {
+        broker.secret_scan = {
             "mode": self.secret_scan,
             "ignore": list(self.watch_ignore),
             "max_bytes": self.secret_scan_max_bytes,
             "max_files": 50000,
         }
-        self._fingerprint_key()
-        self.settings["qguard_broker"] = self.broker
-        # Agent tokens (jupyter qguard agent-token): read by agents/identity.py on each request
-        # that presents one, in the same database as the jobs.
-        self.settings[AGENT_TOKENS_KEY] = AgentTokens(store.engine, policy_dir=self.policy_dir)
-        runtime.set_current(self.broker)
-        self.log.info(
-            "qguard: state in %s, store %s",
-            self.state_dir,
-            store.engine.url.render_as_string(hide_password=True),
-        )
+        self.broker = broker
+        return broker
 
     def _link_jupyter_server_extension(self, serverapp: Any) -> None:
         super()._link_jupyter_server_extension(serverapp)

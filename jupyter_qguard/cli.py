@@ -65,7 +65,7 @@ class JobsCommand(QGuardCommand):
     limit = Int(50, help="How many jobs to show.").tag(config=True)
     as_json = Bool(False, help="Print JSON instead of a table.").tag(config=True)
 
-    aliases = {"state": "JobsCommand.state", "limit": "JobsCommand.limit"}
+    aliases = {**QGuardCommand.aliases, "state": "JobsCommand.state", "limit": "JobsCommand.limit"}
     flags = {"json": ({"JobsCommand": {"as_json": True}}, "Print JSON instead of a table.")}
 
     def start(self) -> None:
@@ -158,6 +158,7 @@ class PolicyEvalCommand(QGuardCommand):
         config=True
     )
     aliases = {
+        **QGuardCommand.aliases,
         "backend": "PolicyEvalCommand.backend",
         "workstation-tier": "PolicyEvalCommand.workstation_tier",
     }
@@ -337,6 +338,10 @@ class QGuardCLI(JupyterApp):
         "audit": ("jupyter_qguard.cli_audit.AuditCommand", "The tamper-evident audit log."),
         "bundle": ("jupyter_qguard.cli_audit.BundleCommand", "Reproducibility bundles."),
         "mfa": ("jupyter_qguard.cli_audit.MfaCommand", "Step-up MFA (TOTP) for approvals."),
+        "broker": (
+            "jupyter_qguard.hub.command.QGuardBrokerService",
+            "Run the team's broker as a JupyterHub service (--hub).",
+        ),
         "agent-token": (
             "jupyter_qguard.cli_agents.AgentTokenCommand",
             "Tokens for agents that drive sandboxed kernels from outside.",

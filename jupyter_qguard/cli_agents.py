@@ -46,6 +46,7 @@ class AgentTokenCreate(AgentTokenSubcommand):
     as_json = Bool(False, help="Print JSON (with the token) instead of text.").tag(config=True)
 
     aliases = {
+        **QGuardCommand.aliases,
         "name": "AgentTokenCreate.agent_name",
         "manifest": "AgentTokenCreate.manifest",
         "ttl": "AgentTokenCreate.ttl",

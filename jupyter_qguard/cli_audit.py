@@ -91,6 +91,7 @@ class AuditVerifyCommand(AuditSubcommand):
     witness = Unicode("", help="A witness directory (default: the server's).").tag(config=True)
     key = Unicode("", help="A verifier key file (default: see the docs).").tag(config=True)
     aliases = {
+        **QGuardCommand.aliases,
         "dir": "AuditVerifyCommand.directory",
         "witness": "AuditVerifyCommand.witness",
         "key": "AuditVerifyCommand.key",
@@ -140,7 +141,11 @@ class AuditShowCommand(AuditSubcommand):
     job = Unicode("", help="Only this job's entries.").tag(config=True)
     limit = Int(50, help="How many entries.").tag(config=True)
     as_json = Bool(False, help="Print JSON lines.").tag(config=True)
-    aliases = {"job": "AuditShowCommand.job", "limit": "AuditShowCommand.limit"}
+    aliases = {
+        **QGuardCommand.aliases,
+        "job": "AuditShowCommand.job",
+        "limit": "AuditShowCommand.limit",
+    }
     flags = {"json": ({"AuditShowCommand": {"as_json": True}}, "Print JSON lines.")}
 
     def start(self) -> None:
@@ -188,7 +193,7 @@ class AuditExportCommand(AuditSubcommand):
     out = Unicode("", help="The file to write (default: qguard-audit-<UTC time>.tar.gz).").tag(
         config=True
     )
-    aliases = {"out": "AuditExportCommand.out"}
+    aliases = {**QGuardCommand.aliases, "out": "AuditExportCommand.out"}
 
     def start(self) -> None:
         settings = self.qguard_settings()
@@ -213,7 +218,7 @@ class BundleVerifyCommand(AuditSubcommand):
         config=True
     )
     as_json = Bool(False, help="Print JSON.").tag(config=True)
-    aliases = {"key": "BundleVerifyCommand.key"}
+    aliases = {**QGuardCommand.aliases, "key": "BundleVerifyCommand.key"}
     flags = {"json": ({"BundleVerifyCommand": {"as_json": True}}, "Print JSON.")}
 
     def start(self) -> None:
@@ -245,7 +250,11 @@ class BundleReplayCommand(QGuardCommand):
     seed = Int(-1, help="Simulator seed (default: a fresh one).").tag(config=True)
     shots = Int(0, help="Shots (default: as many as recorded).").tag(config=True)
     as_json = Bool(False, help="Print JSON.").tag(config=True)
-    aliases = {"seed": "BundleReplayCommand.seed", "shots": "BundleReplayCommand.shots"}
+    aliases = {
+        **QGuardCommand.aliases,
+        "seed": "BundleReplayCommand.seed",
+        "shots": "BundleReplayCommand.shots",
+    }
     flags = {"json": ({"BundleReplayCommand": {"as_json": True}}, "Print JSON.")}
 
     def start(self) -> None:
@@ -300,7 +309,7 @@ class MfaEnrollCommand(MfaSubcommand):
     )
     replace = Bool(False, help="Replace an existing enrollment.").tag(config=True)
     qr = Bool(True, help="Print the QR code.").tag(config=True)
-    aliases = {"user": "MfaEnrollCommand.user"}
+    aliases = {**QGuardCommand.aliases, "user": "MfaEnrollCommand.user"}
     flags = {
         "replace": ({"MfaEnrollCommand": {"replace": True}}, "Replace an existing enrollment."),
         "no-qr": ({"MfaEnrollCommand": {"qr": False}}, "Do not print the QR code."),
@@ -319,7 +328,7 @@ class MfaEnrollCommand(MfaSubcommand):
 class MfaStatusCommand(MfaSubcommand):
     name = "jupyter-qguard-mfa-status"
     description = "Say whether a user has step-up MFA enrolled."
-    aliases = {"user": "MfaStatusCommand.user"}
+    aliases = {**QGuardCommand.aliases, "user": "MfaStatusCommand.user"}
 
     def start(self) -> None:
         from . import credentials
@@ -333,7 +342,7 @@ class MfaStatusCommand(MfaSubcommand):
 class MfaDeleteCommand(MfaSubcommand):
     name = "jupyter-qguard-mfa-delete"
     description = "Remove a user's TOTP secret (approvals that need MFA are then refused)."
-    aliases = {"user": "MfaDeleteCommand.user"}
+    aliases = {**QGuardCommand.aliases, "user": "MfaDeleteCommand.user"}
 
     def start(self) -> None:
         from . import credentials

@@ -3,7 +3,8 @@
 # Input (see DESIGN.md, "Policy"): job, backend {name, provider, tier, qubits, price}, lint
 # {findings: [{severity, code, message}]}, cost {estimate, currency}, usage {spent_today,
 # jobs_window, baseline_window, kernel {id, jobs_window, baseline_window}, agent {name,
-# per_seconds, jobs_window}}, requester {user, kind: user|agent, agent, manifest, ...},
+# per_seconds, jobs_window}, groups {name: {spent_today}}}, requester {user, kind:
+# user|agent, agent, manifest, groups (team mode), ...},
 # workstation_tier.
 # Output: data.qguard.decision.decision = {allow, deny, approvals_required, mfa_required, notes}.
 # Every deny is a sentence a person can act on.
@@ -60,10 +61,25 @@ deny contains msg if {
 	msg := sprintf("the estimated cost, %.2f %s, is over the request's own max_cost of %.2f", [input.cost.estimate, input.cost.currency, input.job.max_cost])
 }
 
+# A person's daily budget: their own line in daily_budget_by_user, else the common one.
+user_budget := b if {
+	b := limits.daily_budget_by_user[input.requester.user]
+} else := limits.daily_budget_per_user
+
 deny contains msg if {
 	total := input.usage.spent_today + input.cost.estimate
-	total > limits.daily_budget_per_user
-	msg := sprintf("this job would bring today's spending for %s to %.2f %s, over the daily budget of %.2f", [input.requester.user, total, input.cost.currency, limits.daily_budget_per_user])
+	total > user_budget
+	msg := sprintf("this job would bring today's spending for %s to %.2f %s, over the daily budget of %.2f", [input.requester.user, total, input.cost.currency, user_budget])
+}
+
+# Team mode: usage.groups = {group: {spent_today}} for each hub group of the requester; a
+# group with a line in daily_budget_per_group is held to it, whoever of its members spends.
+deny contains msg if {
+	some group, used in input.usage.groups
+	budget := limits.daily_budget_per_group[group]
+	total := used.spent_today + input.cost.estimate
+	total > budget
+	msg := sprintf("this job would bring today's spending of group %s to %.2f %s, over its daily budget of %.2f", [group, total, input.cost.currency, budget])
 }
 
 deny contains msg if {

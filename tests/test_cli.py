@@ -45,7 +45,9 @@ def test_help_and_bare_command(tmp_path):
     assert r.returncode == 0 and "jobs" in r.stdout
     r = run(home=tmp_path)
     assert r.returncode == 2
-    expected = "agent-token, audit, bundle, credentials, doctor, fakecloud, jobs, mfa, policy"
+    expected = (
+        "agent-token, audit, broker, bundle, credentials, doctor, fakecloud, jobs, mfa, policy"
+    )
     assert f"Subcommands: {expected}" in r.stdout
 
 

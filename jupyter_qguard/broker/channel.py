@@ -19,7 +19,7 @@ import jsonschema
 
 from ..audit.log import AuditUnavailable
 from .jobs import InvalidRequest, State
-from .service import Broker, JobNotFound
+from .service import Broker, BrokerError, JobNotFound
 from .store import TransitionConflict
 
 log = logging.getLogger("jupyter_qguard.channel")
@@ -279,6 +279,9 @@ class KernelChannel:
             await self._send({"jsonrpc": "2.0", "id": msg_id, "result": result})
         except RpcError as exc:
             await self._reply_error(msg_id, exc.code, exc.message, exc.data)
+        except BrokerError as exc:
+            # Said for the kernel's user (a team broker out of reach, say): no internals.
+            await self._reply_error(msg_id, INTERNAL_ERROR, str(exc))
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -451,6 +451,18 @@ class Broker:
             )
         except WorkspacePathError as exc:
             raise InvalidRequest(f"files: {exc}") from None
+        return await self.admit(request, payload, requester, files)
+
+    async def admit(
+        self,
+        request: dict[str, Any],
+        payload: bytes,
+        requester: dict[str, Any],
+        files: dict[str, str],
+    ) -> dict[str, Any]:
+        """Store a validated request with who asked and its bound files' hashes, then check it.
+        Here the server found both itself; in team mode the user's server did (hub/)."""
+        kernel_id = requester["kernel_id"]
         program = request["program"]
         fields = {
             "requester": requester,
@@ -725,7 +737,10 @@ class Broker:
             if self.tracker is not None
             else [{"path": p, "change": None} for p in sorted(job["files"])]
         )
-        limit = (self.policy.data.get("limits") or {}).get("daily_budget_per_user")
+        limits = self.policy.data.get("limits") or {}
+        limit = (limits.get("daily_budget_by_user") or {}).get(
+            job["requester"]["user"], limits.get("daily_budget_per_user")
+        )
         usage = await self._db(self._usage, job["requester"]["user"], None)
         cost = (job.get("decision") or {}).get("cost") or {}
         spent = float(usage.get("spent_today") or 0.0)
@@ -973,20 +988,26 @@ class Broker:
         log.warning("qguard: %s", text)
         return report.as_dict()
 
-    async def void_for_changes(self, changes: list[dict[str, Any]]) -> list[str]:
+    async def void_for_changes(
+        self, changes: list[dict[str, Any]], *, user: str | None = None
+    ) -> list[str]:
         """Void the approval of every pending or approved job bound to a file that changed
-        (compared by the bound hash: a notebook saved with new outputs only is the same)."""
+        (compared by the bound hash: a notebook saved with new outputs only is the same).
+        `user`: only that requester's jobs (in team mode each server speaks for its own)."""
         by_path = {c["path"]: c for c in changes}
         voided = []
         for job in await self._db(
             self.store.list,
             states=[State.PENDING_APPROVAL.value, State.APPROVED.value],
             limit=100000,
+            user=user,
         ):
             touched = {p: h for p, h in job["files"].items() if p in by_path}
             if not touched:
                 continue
-            changed = await self._db(self._changed_files, touched)
+            changed = await self._db(
+                self._changed_files, touched, by_path, job["requester"]["user"]
+            )
             if not changed:
                 continue
             first = by_path[changed[0]]
@@ -1008,8 +1029,11 @@ class Broker:
                 pass
         return voided
 
-    def _changed_files(self, files: dict[str, str]) -> list[str]:
-        """Bound files whose hash is no longer the one in the job (missing ones included)."""
+    def _changed_files(
+        self, files: dict[str, str], changes: dict[str, Any] | None = None, user: str = ""
+    ) -> list[str]:
+        """Bound files whose hash is no longer the one in the job (missing ones included),
+        read from the workspace. (Team mode reads the hashes the user's server reported.)"""
         changed = []
         for rel, bound in sorted(files.items()):
             try:
@@ -1026,7 +1050,9 @@ class Broker:
             if int((job.get("decision") or {}).get("approvals_required") or 0) > 0:
                 # The last look before anything leaves: a person approved these files' contents,
                 # and a change the watcher missed (or made while it was down) voids that.
-                changed = await self._db(self._changed_files, job["files"])
+                changed = await self._db(
+                    self._changed_files, job["files"], None, job["requester"]["user"]
+                )
                 if changed:
                     await self._move(
                         job_id,

@@ -486,6 +486,24 @@ class Store:
                 1 for jid, req in rows if jid != exclude and (req or {}).get("agent") == agent
             )
 
+    def spent_since(self, users: Iterable[str], day_start: dt.datetime) -> float:
+        """What these requesters together have reserved or spent since `day_start` (a group's
+        budget in team mode)."""
+        from sqlalchemy import func
+
+        names = sorted(set(users))
+        if not names:
+            return 0.0
+        with self._tx() as session:
+            spent = session.scalar(
+                select(func.coalesce(func.sum(Job.cost), 0.0)).where(
+                    Job.requester_user.in_(names),
+                    Job.created_at >= day_start,
+                    Job.state.in_([s.value for s in RESERVED]),
+                )
+            )
+        return float(spent)
+
     def usage(
         self,
         user: str,

@@ -39,6 +39,13 @@ export interface IJob {
   approvals_given?: number;
   /** The policy's decision and what fed it (lint, cost, the preflight run). */
   decision?: IDecision | null;
+  /**
+   * Team mode (under JupyterHub): the team broker's page where this job is approved or denied,
+   * absolute or root-relative. This server then refuses approve and deny (409).
+   */
+  approve_url?: string;
+  /** Team mode: the job is in the team's shared queue. */
+  team?: boolean;
 }
 
 export interface IFinding {

@@ -78,3 +78,58 @@ export function basename(path: string): string {
 export function stateLabel(state: string): string {
   return state.replace(/_/g, ' ');
 }
+
+/**
+ * A link that opens in a new browser tab, without giving that page a handle on this one. Only
+ * web addresses (http, https, or relative to this page) are linked, never `javascript:` and the
+ * like: null otherwise.
+ */
+export function externalLink(
+  label: string,
+  ariaLabel: string,
+  href: string,
+  className: string
+): HTMLAnchorElement | null {
+  if (!isWebAddress(href)) {
+    return null;
+  }
+  const a = element('a', className, label);
+  a.setAttribute('href', href);
+  a.target = '_blank';
+  a.rel = 'noopener noreferrer';
+  a.setAttribute('aria-label', ariaLabel);
+  return a;
+}
+
+function isWebAddress(href: string): boolean {
+  try {
+    const url = new URL(href, document.baseURI);
+    return url.protocol === 'http:' || url.protocol === 'https:';
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Team mode: where a job is approved or denied, the team broker's page, instead of the panel's
+ * Approve and Deny. An address that is not a web page's is not linked, and the item says so.
+ */
+export function approveLink(approveUrl: string, jobId: string): HTMLElement {
+  const id = short(jobId, 8);
+  const link = externalLink(
+    'Review on the team broker',
+    `Review job ${id} on the team broker`,
+    approveUrl,
+    'jp-qguard-approve-link'
+  );
+  if (!link) {
+    return element(
+      'span',
+      'jp-QGuard-approveLinkInvalid',
+      'This job is decided on the team broker, but the server gave no valid link to it'
+    );
+  }
+  link.title = 'Approve or deny it on the team broker’s page (opens a new tab)';
+  link.dataset.action = 'broker';
+  return link;
+}

@@ -9,11 +9,13 @@ import {
   IJobDetail,
   IJobFilter,
   JobEvents,
+  PENDING,
   QGuardClient,
   STATES,
   requesterLabel
 } from './api';
 import {
+  approveLink,
   basename,
   button,
   code,
@@ -290,7 +292,15 @@ function detailNodes(job: IJobDetail): Node[] {
     );
     moves.append(li);
   }
-  return [fields, moves];
+  const nodes: Node[] = [fields];
+  if (job.approve_url && job.state === PENDING) {
+    // Team mode: still waiting, and decided on the team broker's page.
+    const actions = element('div', 'jp-QGuard-actions');
+    actions.append(approveLink(job.approve_url, job.id));
+    nodes.push(actions);
+  }
+  nodes.push(moves);
+  return nodes;
 }
 
 function textFilter(name: string, placeholder: string): HTMLInputElement {

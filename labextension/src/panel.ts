@@ -1,6 +1,9 @@
 /**
  * The left-sidebar panel: the jobs waiting for a human, each with Approve and Deny.
  *
+ * In team mode (under JupyterHub) jobs are decided on the team broker's page, not here: a job
+ * that carries `approve_url` gets a link to that page instead of the two buttons.
+ *
  * Plain DOM in a Lumino widget: one list item per job, added and removed as the event stream
  * reports changes, so a button being reached with the keyboard is not rebuilt under the user.
  */
@@ -20,6 +23,7 @@ import {
   requesterLabel
 } from './api';
 import {
+  approveLink,
   basename,
   button,
   code,
@@ -52,6 +56,7 @@ export const qguardIcon = new LabIcon({ name: 'jupyter-qguard:approvals', svgstr
 
 export const PANEL_ID = 'jupyter-qguard-approvals';
 const CAPTION = 'Quantum job approvals';
+const TEAM_CAPTION = 'Team queue: requests from everyone you approve for';
 const OTP = /^\d{6}$/;
 
 export interface IApprovalsPanelOptions {
@@ -105,6 +110,11 @@ export class ApprovalsPanel extends Widget {
     this._message = element('p', 'jp-QGuard-message', 'Loading…');
     this._message.setAttribute('role', 'status');
 
+    // Shown once the server lists a team job (team mode): whose requests these are.
+    this._teamCaption = element('p', 'jp-QGuard-teamCaption', TEAM_CAPTION);
+    this._teamCaption.id = `${PANEL_ID}-team`;
+    this._teamCaption.hidden = true;
+
     this._list = element('ul', 'jp-QGuard-list');
     this._list.setAttribute('role', 'list');
     this._list.setAttribute('aria-labelledby', heading.id);
@@ -112,7 +122,7 @@ export class ApprovalsPanel extends Widget {
     this._history = new HistoryView(this._client, this._events);
     this._kernels = new KernelsView(this._client, options.sessions ?? null);
     const pending = element('div', 'jp-QGuard-pending');
-    pending.append(this._message, this._list);
+    pending.append(this._teamCaption, this._message, this._list);
     const bodies: Record<TabName, HTMLElement> = {
       pending,
       history: this._history.node,
@@ -332,6 +342,8 @@ export class ApprovalsPanel extends Widget {
       return;
     }
     this._jobs.set(job.id, job);
+    // The server runs in one mode for good: once a team job is seen, the queue is the team's.
+    this._team ||= job.team === true;
     const item = this._renderJob(job);
     const old = this._items.get(job.id);
     this._items.set(job.id, item);
@@ -364,7 +376,10 @@ export class ApprovalsPanel extends Widget {
     item.remove();
     if (hadFocus) {
       // Do not drop the keyboard user on <body> when the job they acted on leaves.
-      (neighbour?.querySelector<HTMLElement>('button') ?? this._refreshButton).focus();
+      (
+        neighbour?.querySelector<HTMLElement>('button:not(:disabled), a[href]') ??
+        this._refreshButton
+      ).focus();
     }
   }
 
@@ -381,11 +396,18 @@ export class ApprovalsPanel extends Widget {
       tab.textContent = count > 0 ? `Pending (${shown})` : 'Pending';
     }
 
+    this._teamCaption.hidden = !this._team;
+    if (this._team) {
+      this._list.setAttribute('aria-describedby', this._teamCaption.id);
+    }
+
     if (this._loadError) {
       this._message.textContent = this._loadError;
       this._message.dataset.kind = 'error';
     } else if (this._jobs.size === 0) {
-      this._message.textContent = 'No job is waiting for approval.';
+      this._message.textContent = this._team
+        ? 'No job in the team queue is waiting for approval.'
+        : 'No job is waiting for approval.';
       this._message.dataset.kind = 'empty';
     } else {
       this._message.textContent = '';
@@ -435,13 +457,24 @@ export class ApprovalsPanel extends Widget {
     field('Asked', timeElement(job.created_at));
 
     const actions = element('div', 'jp-QGuard-actions');
-    const approve = button('Approve', `Approve job ${id}`, 'jp-QGuard-approve');
-    approve.dataset.action = 'approve';
-    approve.addEventListener('click', () => void this._approve(job));
-    const deny = button('Deny', `Deny job ${id}`, 'jp-QGuard-deny');
-    deny.dataset.action = 'deny';
-    deny.addEventListener('click', () => void this._deny(job));
-    actions.append(approve, deny);
+    // Team mode: the job is decided on the team broker's page (this server answers 409), so a
+    // waiting job links there, and an ended one has nothing to decide anywhere.
+    const brokerUrl = job.approve_url;
+    const decisions: HTMLButtonElement[] = [];
+    if (brokerUrl) {
+      if (!ended) {
+        actions.append(approveLink(brokerUrl, job.id));
+      }
+    } else {
+      const approve = button('Approve', `Approve job ${id}`, 'jp-QGuard-approve');
+      approve.dataset.action = 'approve';
+      approve.addEventListener('click', () => void this._approve(job));
+      const deny = button('Deny', `Deny job ${id}`, 'jp-QGuard-deny');
+      deny.dataset.action = 'deny';
+      deny.addEventListener('click', () => void this._deny(job));
+      decisions.push(approve, deny);
+      actions.append(approve, deny);
+    }
 
     const parts: HTMLElement[] = [top, fields];
     if (ended) {
@@ -454,7 +487,7 @@ export class ApprovalsPanel extends Widget {
       );
       note.setAttribute('role', 'alert');
       parts.push(note);
-      for (const b of [approve, deny]) {
+      for (const b of decisions) {
         b.disabled = true;
         b.title = `The job is ${stateLabel(job.state)}: there is nothing to decide`;
       }
@@ -553,6 +586,7 @@ export class ApprovalsPanel extends Widget {
   private readonly _refreshButton: HTMLButtonElement;
   private readonly _message: HTMLParagraphElement;
   private readonly _list: HTMLUListElement;
+  private readonly _teamCaption: HTMLParagraphElement;
   private readonly _jobs = new Map<string, IJob>();
   private readonly _items = new Map<string, HTMLLIElement>();
   private readonly _busy = new Set<string>();
@@ -560,6 +594,8 @@ export class ApprovalsPanel extends Widget {
   private _limit: number;
   private _truncated = false;
   private _loadError = '';
+  /** Team mode: a job the server listed said `team: true`. */
+  private _team = false;
   private _generation = 0;
   /** Events seen while a refresh is in flight, re-applied over its snapshot. */
   private _replay: IJob[] | null = null;

@@ -1,7 +1,8 @@
 """A real JupyterHub for the team-mode tests: JupyterHub from PyPI, configurable-http-proxy from
 npm (installed into tests/.hub-proxy by the test setup when missing), local-process spawning,
-users alice and bob, an `approvers` group, qguard's custom scopes and roles. Listens on
-127.0.0.1 only; a service token lets the test drive the hub's REST API."""
+users alice, bob, carol and dave, groups `approvers` (alice, bob, carol) and `physics` (alice,
+bob), qguard's custom scopes and roles; with `team=`, qguard's broker as a managed service.
+Listens on 127.0.0.1 only; a service token lets the test drive the hub's REST API."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
 c.JupyterHub.db_url = "sqlite:///{base}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "{base}/cookie_secret"
 c.JupyterHub.authenticator_class = "dummy"
-c.Authenticator.allowed_users = {{"alice", "bob", "carol"}}
+c.Authenticator.allowed_users = {{"alice", "bob", "carol", "dave"}}
 # Every user's server runs as this process's user, in /tmp/<base>/<name>, its notebooks in
 # workspace/ (so the server's state under the home directory is outside its root).
 c.JupyterHub.spawner_class = "simple"
@@ -42,9 +43,24 @@ c.Spawner.notebook_dir = "{base}/{{username}}/workspace"
 
 
 def _make_workspace(spawner):
+    import json
     import os
 
-    os.makedirs(f"{base}/{{spawner.user.name}}/workspace", exist_ok=True)
+    home = f"{base}/{{spawner.user.name}}"
+    os.makedirs(f"{{home}}/workspace", exist_ok=True)
+    # The user's own server settings (a file keyring for its local audit key), in the place
+    # a user keeps them: ~/.jupyter.
+    os.makedirs(f"{{home}}/.jupyter", exist_ok=True)
+    with open(f"{{home}}/.jupyter/jupyter_server_config.json", "w") as f:
+        json.dump(
+            {{
+                "QGuardApp": {{
+                    "keyring_backend": "keyrings.alt.file.PlaintextKeyring",
+                    "keyring_backend_options": {{"file_path": f"{{home}}/keyring.cfg"}},
+                }}
+            }},
+            f,
+        )
 
 
 c.Spawner.pre_spawn_hook = _make_workspace
@@ -55,7 +71,10 @@ c.JupyterHub.custom_scopes = {{
     "custom:qguard:approve": {{"description": "Approve or deny quantum jobs of the team."}},
     "custom:qguard:admin": {{"description": "Administer the qguard broker."}},
 }}
-c.JupyterHub.load_groups = {{"approvers": {{"users": ["bob", "carol"]}}}}
+c.JupyterHub.load_groups = {{
+    "approvers": {{"users": ["alice", "bob", "carol"]}},
+    "physics": {{"users": ["alice", "bob"]}},
+}}
 c.JupyterHub.load_roles = [
     {{"name": "user", "scopes": ["self", "custom:qguard:request"]}},
     {{"name": "qguard-approvers", "groups": ["approvers"], "scopes": ["custom:qguard:approve"]}},
@@ -72,6 +91,38 @@ c.Spawner.server_token_scopes = [
     "custom:qguard:request",
 ]
 c.JupyterHub.cleanup_servers = True
+"""
+
+# qguard's broker as a hub-managed service (team mode), and what users' servers need for it.
+TEAM_CONFIG = """
+c.JupyterHub.load_roles[0]["scopes"].append("access:services!service=qguard")
+c.JupyterHub.load_roles.append(
+    {{
+        "name": "qguard-service",
+        "scopes": ["read:users:name", "read:users:groups", "read:groups"],
+        "services": ["qguard"],
+    }}
+)
+c.JupyterHub.services.append(
+    {{
+        "name": "qguard",
+        "url": "http://127.0.0.1:{service_port}",
+        "command": {command!r},
+        "environment": {{"HOME": "{base}/qguard-service"}},
+        "oauth_client_allowed_scopes": [
+            "custom:qguard:request",
+            "custom:qguard:approve",
+            "custom:qguard:admin",
+        ],
+    }}
+)
+# Approvers' servers show the team queue in the panel: their token carries the approve scope
+# (the hub gives a server only scopes its owner holds). They never approve with it: approvals
+# are made on the service's pages.
+c.Spawner.server_token_scopes += ["access:services!service=qguard", "custom:qguard:approve"]
+c.Spawner.environment = {{
+    "QGUARD_TEAM_BROKER_URL": "http://127.0.0.1:{service_port}/services/qguard/"
+}}
 """
 
 
@@ -97,8 +148,11 @@ def ensure_proxy() -> str:
 
 
 class Hub:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, *, team_config: Path | None = None) -> None:
+        """`team_config`: the broker service's config file; the hub then runs the broker."""
         self.base = base
+        self.team_config = team_config
+        self.service_port = free_port()
         self.port = free_port()
         self.hub_port = free_port()
         self.proxy_api_port = free_port()
@@ -124,6 +178,18 @@ class Hub:
             args=args,
             service_token=self.service_token,
         )
+        if self.team_config is not None:
+            config += TEAM_CONFIG.format(
+                base=self.base,
+                service_port=self.service_port,
+                command=[
+                    str(bindir / "jupyter"),
+                    "qguard",
+                    "broker",
+                    "--hub",
+                    f"--config={self.team_config}",
+                ],
+            )
         (self.base / "jupyterhub_config.py").write_text(config)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "JPY_"))}
         env["PATH"] = f"{bindir}:{env.get('PATH', '/usr/bin:/bin')}"
@@ -156,6 +222,44 @@ class Hub:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self._log.close()
+
+    @property
+    def service_url(self) -> str:
+        """The broker service, as people reach it (through the hub's proxy)."""
+        return f"{self.url}/services/qguard/"
+
+    async def spawn(self, user: str, timeout: float = 120) -> None:
+        """Start `user`'s server through the hub's REST API and wait until it is ready."""
+        import asyncio
+
+        r = await self.api(f"users/{user}/server", method="POST")
+        assert r.code in (201, 202), r.body
+        for _ in range(int(timeout / 0.5)):
+            model = json.loads((await self.api(f"users/{user}")).body)
+            if model["servers"].get("", {}).get("ready"):
+                return
+            await asyncio.sleep(0.5)
+        raise AssertionError(self.log_path.read_text()[-4000:])
+
+    async def token(self, user: str, *scopes: str) -> str:
+        r = await self.api(f"users/{user}/tokens", method="POST", body={"scopes": list(scopes)})
+        assert r.code == 201, r.body
+        return json.loads(r.body)["token"]
+
+    async def fetch(
+        self, url: str, *, token: str, method: str = "GET", body: Any = None, **kw: Any
+    ) -> HTTPResponse:
+        """A request through the proxy, as `token`'s owner."""
+        request = HTTPRequest(
+            url if url.startswith("http") else f"{self.url}/{url.lstrip('/')}",
+            method=method,
+            body=None if body is None else (body if isinstance(body, str) else json.dumps(body)),
+            headers={"Authorization": f"token {token}", **kw.pop("headers", {})},
+            allow_nonstandard_methods=True,
+            follow_redirects=False,
+            request_timeout=kw.pop("timeout", 120),
+        )
+        return await AsyncHTTPClient().fetch(request, raise_error=False)
 
     async def api(
         self, path: str, *, method: str = "GET", body: Any = None, token: str | None = None

@@ -34,9 +34,9 @@ async def body(response: Any) -> Any:
 @pytest.mark.timeout(300)
 async def test_the_hub_has_the_teams_roles_and_spawns_a_users_server(hub):
     users = {u["name"]: u for u in await body(await hub.api("users"))}
-    assert set(users) >= {"alice", "bob", "carol"}
+    assert set(users) >= {"alice", "bob", "carol", "dave"}
     approvers = await body(await hub.api("groups/approvers"))
-    assert sorted(approvers["users"]) == ["bob", "carol"]
+    assert sorted(approvers["users"]) == ["alice", "bob", "carol"]
 
     # Scopes come from roles: anyone may ask, only approvers may approve.
     asked = await hub.api(
@@ -44,7 +44,7 @@ async def test_the_hub_has_the_teams_roles_and_spawns_a_users_server(hub):
     )
     assert asked.code == 201, asked.body
     refused = await hub.api(
-        "users/alice/tokens", method="POST", body={"scopes": ["custom:qguard:approve"]}
+        "users/dave/tokens", method="POST", body={"scopes": ["custom:qguard:approve"]}
     )
     # The hub will not hand out a scope its owner does not hold.
     assert refused.code == 400
