@@ -17,12 +17,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from support.browser import CHROMIUM, UI, ensure_chromium, ensure_runner
 from support.jupyter_proc import ServerProcess
 
 from jupyter_qguard import credentials as cr
 
-UI = Path(__file__).resolve().parents[1] / "ui-tests"
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = UI / "artifacts"
 BACKENDS = {
     "aer_simulator": {"provider": "aer", "qubits": 28},
@@ -89,25 +88,6 @@ job = %qguard submit bell --backend aer_hw --shots 100 --seed 5
 print("job", job.job_id)
 """
 )
-
-
-def ensure_chromium() -> None:
-    if os.path.exists(CHROMIUM):
-        return
-    assert os.geteuid() == 0, f"{CHROMIUM} is missing: install Debian's chromium (as root)"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "chromium"]
-    if subprocess.run(install, env=env).returncode != 0:
-        # A fresh machine may have no package lists yet.
-        subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
-        subprocess.run(install, check=True, env=env)
-
-
-def ensure_runner() -> None:
-    if (UI / "node_modules" / ".bin" / "playwright").exists():
-        return
-    env = {**os.environ, "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"}
-    subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=UI, check=True, env=env)
 
 
 def notebook(path: Path, *sources: str, kernel: str = "qguard-agent") -> None:

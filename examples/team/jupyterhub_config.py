@@ -164,5 +164,7 @@ c.JupyterHub.services = [
         ],
         # Listed in the hub's Services menu: the approval pages.
         "display": True,
+        # A service the admin set up: signing in to its pages asks no consent.
+        "oauth_no_confirm": True,
     },
 ]

@@ -41,7 +41,8 @@ class QGuardBrokerService(QGuardCommand):
         "custom:qguard:approve", help="Scope that lets a person approve or deny the team's jobs."
     ).tag(config=True)
     admin_scope = Unicode(
-        "custom:qguard:admin", help="Scope that lets a person see every job (no approving)."
+        "custom:qguard:admin",
+        help="Scope that lets a person see and cancel every job (no approving).",
     ).tag(config=True)
 
     public_url = Unicode(
@@ -89,7 +90,9 @@ class QGuardBrokerService(QGuardCommand):
         state.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o700)
         broker = settings.build_broker(TeamBroker, providers=None, workspace_root=str(state))
-        hub_auth = HubOAuth(cache_max_age=30)
+        # The singleton: JupyterHub's OAuth callback handler uses HubOAuth.instance(), and
+        # the PKCE verifier made at login must be found there.
+        hub_auth = HubOAuth.instance(cache_max_age=30)
         groups = HubGroups(hub_auth.api_url, hub_auth.api_token)
         app = make_app(
             broker=broker,

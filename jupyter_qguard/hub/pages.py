@@ -79,6 +79,14 @@ def _money(job: dict[str, Any]) -> str:
     return f"{float(cost['estimate']):.2f} {cost.get('currency', 'USD')}"
 
 
+def _budget(budget: dict[str, Any]) -> str:
+    try:
+        spent, daily = float(budget["spent_today"]), float(budget["daily"])
+    except (KeyError, TypeError, ValueError):
+        return "—"
+    return f"{spent:.2f} of {daily:.2f} {budget.get('currency', 'USD')} spent"
+
+
 def _fields(pairs: list[tuple[str, Any]]) -> str:
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{v}</dd>" for k, v in pairs) + "</dl>"
 
@@ -111,13 +119,7 @@ def job(
                 ("backend", f"{escape(job['backend'])} (tier {escape(str(decision.get('tier')))})"),
                 ("shots", str(job["shots"])),
                 ("estimated cost", escape(_money(job))),
-                (
-                    "budget today",
-                    escape(
-                        f"{budget.get('spent_today')} spent of {budget.get('daily')} "
-                        f"{budget.get('currency', '')}"
-                    ),
-                ),
+                ("requester's budget today", escape(_budget(budget))),
                 ("approvals", f"{job.get('approvals_given', 0)} of {needed}: {approvers}"),
                 ("policy notes", escape("; ".join(decision.get("notes") or [])) or "—"),
                 ("digest", f"<code>{escape(job['digest'])}</code>"),

@@ -283,12 +283,20 @@ class ReviewHandler(ServiceHandler):
 
 class CancelHandler(ServiceHandler):
     async def post(self, job_id: str) -> None:
-        self.need(self.scopes.request)
+        """A requester cancels their own job; an admin any job."""
+        admin = self.has(self.scopes.admin)
+        if not admin:
+            self.need(self.scopes.request)
         try:
-            await self.broker.own_job(self.who["name"], job_id)
+            if admin:
+                await self.broker.get(job_id)
+            else:
+                await self.broker.own_job(self.who["name"], job_id)
         except JobNotFound:
             raise web.HTTPError(404, f"no job {job_id}") from None
         actor = self.body().get("actor")
+        if admin and not isinstance(actor, str):
+            actor = "admin"
         who = f"user:{self.who['name']}" + (f" ({actor})" if isinstance(actor, str) else "")
         try:
             self.send(self.view(await self.broker.cancel(job_id, who[:200])))

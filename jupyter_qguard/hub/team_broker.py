@@ -58,7 +58,6 @@ class TeamBroker(Broker):
             "notebook": _text(kernel.get("notebook"), "kernel/notebook", optional=True),
             "cell_id": _text(kernel.get("cell_id"), "kernel/cell_id", limit=128, optional=True),
             "cell_id_source": "kernel",
-            "server": user.get("server_name") or "",
             "groups": sorted(str(g) for g in user.get("groups") or []),
             "via": "hub",
         }

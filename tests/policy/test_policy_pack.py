@@ -641,3 +641,53 @@ def test_the_installed_pack_is_this_pack():
         assert copy_.is_file() and copy_.read_bytes() == source.read_bytes(), (
             f"{copy_} differs from {source}: run `pip install -e .` again"
         )
+
+
+# Team mode's budgets: a person's own line (daily_budget_by_user) over the common one, and hub
+# groups (usage.groups: what all members spent today) held to daily_budget_per_group.
+TEAM_DATA = {
+    "limits": {"daily_budget_by_user": {"ada": 10.0}, "daily_budget_per_group": {"physics": 5.0}}
+}
+GROUP = (
+    "this job would bring today's spending of group physics to {t} USD, over its daily budget "
+    "of 5.00"
+)
+TEAM_CASES = {
+    "within her own line": ({"usage.spent_today": 9.0}, []),
+    "over her own line, under the common budget": (
+        {"usage.spent_today": 9.5},
+        [
+            "this job would bring today's spending for ada to 10.15 USD, over the daily "
+            "budget of 10.00"
+        ],
+    ),
+    "someone without a line keeps the common budget": (
+        {"usage.spent_today": 150.0, "requester.user": "bo"},
+        [],
+    ),
+    "the group within its budget": ({"usage.groups": {"physics": {"spent_today": 4.35}}}, []),
+    "the group over its budget (others spent it)": (
+        {"usage.groups": {"physics": {"spent_today": 4.5}}},
+        [GROUP.format(t="5.15")],
+    ),
+    "a group without a budget line is not held": (
+        {"usage.groups": {"chemistry": {"spent_today": 1000.0}}},
+        [],
+    ),
+    "both the person and the group over": (
+        {"usage.spent_today": 9.5, "usage.groups": {"physics": {"spent_today": 4.5}}},
+        [
+            "this job would bring today's spending for ada to 10.15 USD, over the daily "
+            "budget of 10.00",
+            GROUP.format(t="5.15"),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEAM_CASES))
+def test_team_budgets(name):
+    engine = PolicyEngine(PACK, TEAM_DATA)
+    changes, deny = TEAM_CASES[name]
+    d = engine.decide(case(changes))
+    assert (d.allow, d.deny) == (not deny, sorted(deny))

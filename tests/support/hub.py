@@ -103,12 +103,17 @@ c.JupyterHub.load_roles.append(
         "services": ["qguard"],
     }}
 )
+c.JupyterHub.load_roles.append(
+    {{"name": "qguard-admins", "users": ["carol"], "scopes": ["custom:qguard:admin"]}}
+)
 c.JupyterHub.services.append(
     {{
         "name": "qguard",
         "url": "http://127.0.0.1:{service_port}",
         "command": {command!r},
         "environment": {{"HOME": "{base}/qguard-service"}},
+        # A service the admin set up: no consent page when people sign in to it.
+        "oauth_no_confirm": True,
         "oauth_client_allowed_scopes": [
             "custom:qguard:request",
             "custom:qguard:approve",

@@ -14,222 +14,38 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
-import json
 import os
-import shutil
 import signal
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-import pyotp
 import pytest
-from support.fakecloud_proc import FakeCloud
-from support.hub import Hub
-from support.jupyter_proc import KernelWS
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
-
-from jupyter_qguard import credentials as cr
-
-KEYRING = "keyrings.alt.file.PlaintextKeyring"
-REQUEST, APPROVE = "custom:qguard:request", "custom:qguard:approve"
-SERVICE = "access:services!service=qguard"
-BACKENDS = {
-    "aer_simulator": {"provider": "aer", "qubits": 28},
-    "fake_brisbane": {"provider": "fakecloud", "qubits": 127},
-    "fake_torino": {"provider": "fakecloud", "qubits": 133},
-}
-POLICY = {
-    "backends": {
-        "fake_brisbane": {
-            "tier": "hardware",
-            "provider": "fakecloud",
-            "price": {"model": "per_shot", "per_task": 1.0, "per_shot": 0.0, "currency": "USD"},
-        },
-        "fake_torino": {
-            "tier": "premium",
-            "provider": "fakecloud",
-            "price": {"model": "per_shot", "per_task": 2.0, "per_shot": 0.0, "currency": "USD"},
-        },
-    },
-    # physics (alice, bob) may spend 3.5 a day together; each person 200 on their own.
-    "limits": {"daily_budget_per_group": {"physics": 3.5}},
-}
-BROKER_CONFIG = """\
-c = get_config()  # noqa: F821
-c.QGuardApp.state_dir = {state!r}
-c.QGuardApp.db_url = {db!r}
-c.QGuardApp.keyring_backend = {keyring_backend!r}
-c.QGuardApp.keyring_backend_options = {{"file_path": {keyring!r}}}
-c.QGuardApp.backends = {backends!r}
-c.QGuardApp.policy_data = {policy!r}
-c.FakeCloudProvider.url = {cloud!r}
-c.FakeCloudProvider.backoff_initial = 0.1
-c.QGuardBrokerService.log_level = "DEBUG"
-"""
-BELL = """\
 from qiskit import QuantumCircuit
-from jupyter_qguard.kernel.jobs import submit
-bell = QuantumCircuit(2)
-bell.h(0)
-bell.cx(0, 1)
-bell.measure_all()
-"""
+from support.team import (
+    APPROVE,
+    BELL,
+    REQUEST,
+    SERVICE,
+    agent_kernel,
+    approve,
+    body,
+    enroll,
+    job_of,
+    processes_under,
+    service_pids,
+    service_ready,
+    until,
+)
+
+from jupyter_qguard.kernel.jobs import encode_circuit
 
 
-def enroll(keyring: Path, user: str) -> pyotp.TOTP:
-    """TOTP for `user` in the service's keyring, as `jupyter qguard mfa enroll --user` does."""
-    store = cr.CredentialStore(cr.backend_from_name(KEYRING, file_path=str(keyring)))
-    out = io.StringIO()
-    assert cr.cli_mfa_enroll(store, user, qr=False, out=out) == 0
-    [uri] = [line for line in out.getvalue().splitlines() if line.startswith("otpauth://")]
-    return pyotp.parse_uri(uri)
-
-
-@pytest.fixture
-def team(postgres: Any) -> Any:
-    base = Path(tempfile.mkdtemp(prefix="qguard-hub-"))
-    cloud_dir = base / "cloud"
-    cloud_dir.mkdir()
-    cloud = FakeCloud(cloud_dir).start()
-    keyring = base / "qguard-service" / "keyring.cfg"
-    keyring.parent.mkdir(parents=True)
-    store = cr.CredentialStore(cr.backend_from_name(KEYRING, file_path=str(keyring)))
-    store.set("fakecloud", cloud.api_key)
-    config = base / "broker_config.py"
-    config.write_text(
-        BROKER_CONFIG.format(
-            state=str(base / "qguard-service" / "state"),
-            db=postgres.new_database(),
-            keyring_backend=KEYRING,
-            keyring=str(keyring),
-            backends=BACKENDS,
-            policy=POLICY,
-            cloud=cloud.url,
-        )
-    )
-    hub = Hub(base, team_config=config).start()
-    try:
-        yield hub, cloud, keyring
-    finally:
-        hub.stop()
-        cloud.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def body(r: Any) -> Any:
-    return json.loads(r.body)
-
-
-async def service_ready(hub: Hub, token: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = await hub.fetch(hub.service_url + "api/me", token=token)
-        if r.code == 200:
-            return
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"the qguard service did not answer: {hub.log_path.read_text()[-4000:]}")
-
-
-async def agent_kernel(hub: Hub, user: str, token: str, notebook: str) -> KernelWS:
-    """A qguard-agent kernel in `user`'s server, started and driven through the hub's proxy,
-    for a notebook saved there first (its hash is bound to the requests)."""
-    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": []}
-    r = await hub.fetch(
-        f"user/{user}/api/contents/{notebook}",
-        token=token,
-        method="PUT",
-        body={"type": "notebook", "format": "json", "content": nb},
-    )
-    assert r.code in (200, 201), (r.code, r.body)
-    r = await hub.fetch(
-        f"user/{user}/api/sessions",
-        token=token,
-        method="POST",
-        body={
-            "path": notebook,
-            "type": "notebook",
-            "name": notebook,
-            "kernel": {"name": "qguard-agent"},
-        },
-    )
-    assert r.code == 201, (r.code, r.body)
-    kernel_id = body(r)["kernel"]["id"]
-    ws = await websocket_connect(
-        HTTPRequest(
-            _ws(hub, f"user/{user}/api/kernels/{kernel_id}/channels"),
-            headers={"Authorization": f"token {token}"},
-        )
-    )
-    k = KernelWS(kernel_id, ws)
-    await k.wait_ready()
-    return k
-
-
-def _ws(hub: Hub, path: str) -> str:
-    return hub.url.replace("http://", "ws://") + "/" + path
-
-
-async def job_of(hub: Hub, token: str, job_id: str) -> dict[str, Any]:
-    r = await hub.fetch(hub.service_url + f"api/jobs/{job_id}", token=token)
-    assert r.code == 200, (r.code, r.body)
-    return body(r)
-
-
-async def until(hub: Hub, token: str, job_id: str, states: set[str], timeout: float = 180) -> dict:
-    job: dict[str, Any] = {}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = await hub.fetch(hub.service_url + f"api/jobs/{job_id}", token=token, timeout=20)
-        if r.code == 200:
-            job = body(r)
-            if job["state"] in states:
-                return job
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"job {job_id} is {job.get('state')}, not in {states}")
-
-
-async def approve(hub: Hub, token: str, job: dict[str, Any], otp: str | None = None) -> Any:
-    payload: dict[str, Any] = {"digest": job["digest"]}
-    if otp is not None:
-        payload["otp"] = otp
-    return await hub.fetch(
-        hub.service_url + f"api/jobs/{job['id']}/approve", token=token, method="POST", body=payload
-    )
-
-
-def service_pids() -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"broker" in cmd and b"--hub" in cmd:
-            pids.append(int(entry))
-    return pids
-
-
-def processes_under(base: Path) -> list[int]:
-    """Users' servers and their kernels: processes whose HOME is a user's home under `base`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            env = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        if any(f"HOME={base}/{u}".encode() in env for u in ("alice", "bob")) or (
-            b"QGUARD_KERNEL_ID=" in env
-        ):
-            found.append(int(entry))
-    return found
+def bell_circuit() -> QuantumCircuit:
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure_all()
+    return qc
 
 
 @pytest.mark.timeout(900)
@@ -279,6 +95,33 @@ async def test_a_team_shares_one_broker_on_jupyterhub(team):
     assert r.code == 404  # not his job, and he is no approver: as good as absent
     dave_jobs = body(await hub.fetch(hub.service_url + "api/jobs", token=tokens["dave"]))
     assert dave_jobs == []
+    # Whoever a request says it is from, the requester is the token's owner as the hub says.
+    spoof = {
+        "request": {
+            "schema": "qguard.job/v1",
+            "program": encode_circuit(bell_circuit()),
+            "backend": "aer_simulator",
+            "shots": 10,
+            "seed": 1,
+            "max_cost": None,
+            "files": {},
+            "cell_id": None,
+        },
+        "kernel": {"kernel_id": alice_k.id, "notebook": "premium.ipynb", "cell_id": None},
+        "files": {},
+        "requester": {"user": "alice"},
+        "user": "alice",
+    }
+    r = await hub.fetch(
+        hub.service_url + "api/jobs", token=tokens["dave"], method="POST", body=spoof
+    )
+    assert r.code == 201, r.body
+    assert body(r)["requester"]["user"] == "dave"
+    spoof["request"]["requester"] = {"user": "alice"}
+    r = await hub.fetch(
+        hub.service_url + "api/jobs", token=tokens["dave"], method="POST", body=spoof
+    )
+    assert r.code == 400 and "requester" in body(r)["message"], r.body
     assert (await job_of(hub, tokens["bob"], job_id))["state"] == "pending_approval"
 
     # -- the approver's lab panel shows the team queue; approving there is refused ----------------
@@ -349,6 +192,20 @@ async def test_a_team_shares_one_broker_on_jupyterhub(team):
     )
     small = await until(hub, tokens["bob"], small_id, {"rejected", "pending_approval"}, 60)
     assert small["state"] == "pending_approval", small.get("reason")  # 3.00 ≤ 3.50
+
+    # -- an admin (carol has custom:qguard:admin) cancels anyone's job; dave cannot ------------
+    res = await alice_k.run(
+        "extra = submit(bell, backend='fake_brisbane', shots=20)\nprint(extra.job_id)"
+    )
+    extra_id = res["stdout"].strip().splitlines()[-1]
+    assert (await until(hub, tokens["alice"], extra_id, {"pending_approval"}, 60))["state"]
+    cancel = hub.service_url + f"api/jobs/{extra_id}/cancel"
+    r = await hub.fetch(cancel, token=tokens["dave"], method="POST", body={})
+    assert r.code == 404, r.body
+    carol_admin = await hub.token("carol", REQUEST, APPROVE, "custom:qguard:admin", SERVICE)
+    r = await hub.fetch(cancel, token=carol_admin, method="POST", body={})
+    assert r.code == 200 and body(r)["state"] == "cancelled", r.body
+    assert body(r)["reason"] == "cancelled by user:carol (admin)"
 
     # -- the service killed and restarted by the hub: nothing lost, nothing run twice -------------
     res = await alice_k.run(

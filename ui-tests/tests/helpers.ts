@@ -1,4 +1,6 @@
 // What every browser test does: open a notebook in a fresh workspace, run a cell, open the panel.
+import { createHmac } from 'crypto';
+
 import { expect, type Locator, type Page } from '@playwright/test';
 
 export const TOKEN = process.env.QGUARD_TOKEN ?? '';
@@ -87,4 +89,22 @@ export async function requestFrom(
   const item = panel.locator(`.jp-QGuard-job[data-job-id="${id}"]`);
   await expect(item).toHaveAttribute('data-state', 'pending_approval', { timeout: 10_000 });
   return { panel, cell, id, item };
+}
+
+/** RFC 6238 with SHA-1, 30 s steps, 6 digits: what an authenticator app shows. */
+export function totp(secret: string, at: number): string {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = '';
+  for (const c of secret.replace(/=+$/, '').toUpperCase()) {
+    bits += alphabet.indexOf(c).toString(2).padStart(5, '0');
+  }
+  const key: number[] = [];
+  for (let i = 0; i + 8 <= bits.length; i += 8) {
+    key.push(parseInt(bits.slice(i, i + 8), 2));
+  }
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(at / 30_000)));
+  const mac = createHmac('sha1', Buffer.from(key)).update(counter).digest();
+  const offset = mac[mac.length - 1]! & 0xf;
+  return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, '0');
 }

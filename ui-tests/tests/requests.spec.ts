@@ -1,10 +1,8 @@
 // Requests that change under the approver: a bound file edited while the request is open voids
 // it; a step-up request asks for the TOTP code and refuses a wrong one.
-import { createHmac } from 'crypto';
-
 import { expect, test } from '@playwright/test';
 
-import { ARTIFACTS, TOKEN, jobState, openPanel, requestFrom } from './helpers';
+import { ARTIFACTS, TOKEN, jobState, openPanel, requestFrom, totp } from './helpers';
 
 test('a bound file edited while the request is open voids it', async ({ page }) => {
   const { panel, cell, id, item } = await requestFrom(page, 'voided.ipynb');
@@ -38,24 +36,6 @@ test('a bound file edited while the request is open voids it', async ({ page }) 
   await item.locator('.jp-QGuard-dismiss').click();
   await expect(item).toHaveCount(0);
 });
-
-/** RFC 6238 with SHA-1, 30 s steps, 6 digits: what an authenticator app shows. */
-function totp(secret: string, at: number): string {
-  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
-  let bits = '';
-  for (const c of secret.replace(/=+$/, '').toUpperCase()) {
-    bits += alphabet.indexOf(c).toString(2).padStart(5, '0');
-  }
-  const key: number[] = [];
-  for (let i = 0; i + 8 <= bits.length; i += 8) {
-    key.push(parseInt(bits.slice(i, i + 8), 2));
-  }
-  const counter = Buffer.alloc(8);
-  counter.writeBigUInt64BE(BigInt(Math.floor(at / 30_000)));
-  const mac = createHmac('sha1', Buffer.from(key)).update(counter).digest();
-  const offset = mac[mac.length - 1]! & 0xf;
-  return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, '0');
-}
 
 test('a step-up request asks for the TOTP code and refuses a wrong one', async ({ page }) => {
   const secret = process.env.QGUARD_TOTP_SECRET ?? '';
