@@ -17,6 +17,7 @@ from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web, websocket
 
+from . import http_args
 from .audit.log import AuditUnavailable
 from .broker.jobs import State
 from .broker.service import ApprovalRefused, Broker, DigestMismatch, JobNotFound, MfaRequired
@@ -44,12 +45,7 @@ class QGuardAPIHandler(ExtensionHandlerMixin, APIHandler):
         return getattr(user, "username", None) or str(user)
 
     def json_body(self, required: dict[str, type]) -> dict[str, Any]:
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the body must be JSON") from None
-        if not isinstance(body, dict):
-            raise web.HTTPError(400, "the body must be a JSON object")
+        body = http_args.json_object(self.request.body)
         for key, kind in required.items():
             if not isinstance(body.get(key), kind) or (kind is str and not body[key].strip()):
                 raise web.HTTPError(400, f"the body needs {key!r} ({kind.__name__})")
@@ -57,24 +53,14 @@ class QGuardAPIHandler(ExtensionHandlerMixin, APIHandler):
 
     def limit_arg(self, default: int, maximum: int = 1000) -> int:
         """?limit=N, held to 1..maximum; 400 if it is not an integer."""
-        try:
-            value = int(self.get_query_argument("limit", str(default)))
-        except ValueError:
-            raise web.HTTPError(400, "limit must be an integer") from None
-        return min(max(value, 1), maximum)
+        return http_args.limit(self.get_query_argument("limit", str(default)), maximum)
 
     def time_arg(
         self, name: str, value: str | None = None, *, accepts: str = "an ISO 8601 time"
     ) -> dt.datetime | None:
         """An ISO 8601 query argument (no zone means UTC); None when absent."""
         text = self.get_query_argument(name, "") if value is None else value
-        if not text:
-            return None
-        try:
-            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise web.HTTPError(400, f"{name} must be {accepts}") from None
-        return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+        return http_args.iso_time(name, text, accepts=accepts)
 
     async def job_or_404(self, job_id: str, *, history: bool = False) -> dict[str, Any]:
         try:

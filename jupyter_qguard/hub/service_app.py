@@ -9,7 +9,6 @@ agent smuggles into an output can act on them, and they can live on an origin of
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any
 
@@ -21,6 +20,7 @@ from jupyterhub.services.auth import (
 )
 from tornado import web
 
+from .. import http_args
 from ..audit.log import AuditUnavailable
 from ..broker.jobs import InvalidRequest, State
 from ..broker.service import ApprovalRefused, DigestMismatch, JobNotFound, MfaRequired
@@ -121,13 +121,7 @@ class ServiceHandler(HubOAuthenticated, web.RequestHandler):
             raise web.HTTPError(404, f"no job {job_id}") from None
 
     def body(self) -> dict[str, Any]:
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the body must be JSON") from None
-        if not isinstance(body, dict):
-            raise web.HTTPError(400, "the body must be a JSON object")
-        return body
+        return http_args.json_object(self.request.body)
 
     def send(self, value: Any) -> None:
         self.set_header("Content-Type", "application/json")
@@ -201,17 +195,8 @@ class JobsHandler(ServiceHandler):
         for s in states:
             if s not in State.__members__.values():
                 raise web.HTTPError(400, f"unknown state {s!r}")
-        try:
-            limit = min(max(int(self.get_query_argument("limit", "200")), 1), 1000)
-        except ValueError:
-            raise web.HTTPError(400, "limit must be an integer") from None
-        before = self.get_query_argument("before", "")
-        try:
-            when = dt.datetime.fromisoformat(before.replace("Z", "+00:00")) if before else None
-        except ValueError:
-            raise web.HTTPError(400, "before must be an ISO 8601 time") from None
-        if when is not None and when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
+        limit = http_args.limit(self.get_query_argument("limit", "200"))
+        when = http_args.iso_time("before", self.get_query_argument("before", ""))
         user = self.get_query_argument("user", "") or None
         if not self.sees_all:
             user = self.who["name"]
