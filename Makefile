@@ -20,8 +20,8 @@ demo: env
 	$(BIN)/python -m jupyter_qguard.demo --port $(PORT) --workspace $(DEMO_DIR)
 
 lint: env
-	$(BIN)/ruff check jupyter_qguard tests bench
-	$(BIN)/ruff format --check jupyter_qguard tests bench
+	$(BIN)/ruff check jupyter_qguard tests bench examples
+	$(BIN)/ruff format --check jupyter_qguard tests bench examples
 
 # As root (CI), the sandbox tests also run as the unprivileged user qgtest, created here.
 test: env lint
@@ -30,7 +30,7 @@ test: env lint
 
 bench: env
 	$(BIN)/python bench/run.py
-	@cat bench/results.json
+	$(BIN)/python bench/table.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info jupyter_qguard/labextension \

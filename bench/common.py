@@ -31,11 +31,46 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(ordered, n=100, method="inclusive")[int(q) - 1]
 
 
-def record(name: str, result: dict[str, Any]) -> dict[str, Any]:
+def fig(
+    value: float | int, unit: str, *, target: float | None = None, limit: str = "max"
+) -> dict[str, Any]:
+    """One figure with its unit; with a target, `limit` says which side is good ("max": the
+    value must not exceed it, "min": it must reach it)."""
+    out: dict[str, Any] = {"value": value, "unit": unit}
+    if target is not None:
+        assert limit in ("max", "min"), limit
+        out["target"] = target
+        out["limit"] = limit
+    return out
+
+
+def compare(
+    plain: float, qguard: float, unit: str, *, target_ratio: float | None = None, digits: int = 4
+) -> dict[str, dict[str, Any]]:
+    """Both sides of a comparison, measured in the same run, and their ratio."""
+    return {
+        "plain": fig(round(plain, digits), unit),
+        "qguard": fig(round(qguard, digits), unit),
+        "ratio": fig(round(qguard / plain, 3), "x", target=target_ratio),
+    }
+
+
+def record(name: str, about: str, figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Merge one benchmark's figures into bench/results.json and print them."""
+    for key, figure in figures.items():
+        assert {"value", "unit"} <= set(figure), f"{name}/{key} needs a value and a unit"
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     data["machine"] = machine()
+    result = {"about": about, "figures": figures}
     data.setdefault("benchmarks", {})[name] = result
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps({name: result}, indent=2))
     return result
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process, in MB (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import percentile, record
+from common import fig, percentile, record
 from support.jupyter_proc import ServerProcess
 
 JOBS = 200
@@ -73,13 +73,13 @@ async def main() -> None:
             latencies = [(arrivals[j] - t) * 1000 for j, t in stamps.items() if j in arrivals]
             record(
                 "submit_to_pending_event",
+                f"submit() in an agent kernel to the job's pending_approval event on the "
+                f"panel's websocket (lint, policy, preflight), {JOBS} jobs in a row",
                 {
-                    "unit": "ms",
-                    "jobs": JOBS,
-                    "received": len(latencies),
-                    "median": round(statistics.median(latencies), 2),
-                    "p95": round(percentile(latencies, 95), 2),
-                    "max": round(max(latencies), 2),
+                    "median": fig(round(statistics.median(latencies), 2), "ms"),
+                    "p95": fig(round(percentile(latencies, 95), 2), "ms"),
+                    "max": fig(round(max(latencies), 2), "ms"),
+                    "received": fig(len(latencies), "events", target=JOBS, limit="min"),
                 },
             )
         finally:

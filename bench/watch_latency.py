@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import percentile, record
+from common import fig, percentile, record, rss_mb
 from support.jupyter_proc import ServerProcess
 
 FILES = 10_000
@@ -26,13 +26,6 @@ def fill(root: Path) -> None:
         d = root / f"dir{i // 500:02d}"
         d.mkdir(parents=True, exist_ok=True)
         (d / f"file{i:05d}.py").write_text(f"# file {i}\nx = {i}\n")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def settled_rss(server: ServerProcess) -> float:
@@ -84,19 +77,16 @@ async def main() -> None:
             server.stop()
     record(
         "watch_write_to_diff",
+        f"A file written in a {FILES:,}-file workspace until its diff is served over REST "
+        f"({WRITES} writes); the watcher's memory",
         {
-            "unit": "ms",
-            "files": FILES,
-            "writes": WRITES,
-            "p50": round(statistics.median(latencies), 1),
-            "p95": round(percentile(latencies, 95), 1),
-            "max": round(max(latencies), 1),
-            "target_p95": 300,
-            "server_ready_seconds": round(ready, 2),
-            "watcher_rss_mb": round(rss_on - rss_off, 1),
-            "server_rss_mb_watch_on": round(rss_on, 1),
-            "server_rss_mb_watch_off": round(rss_off, 1),
-            "target_watcher_rss_mb": 150,
+            "p50": fig(round(statistics.median(latencies), 1), "ms"),
+            "p95": fig(round(percentile(latencies, 95), 1), "ms", target=300),
+            "max": fig(round(max(latencies), 1), "ms"),
+            "server_ready": fig(round(ready, 2), "s"),
+            "watcher_rss": fig(round(rss_on - rss_off, 1), "MB", target=150),
+            "server_rss_watch_on": fig(round(rss_on, 1), "MB"),
+            "server_rss_watch_off": fig(round(rss_off, 1), "MB"),
         },
     )
 

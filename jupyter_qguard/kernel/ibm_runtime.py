@@ -26,10 +26,13 @@ import sys
 import warnings
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .client import QGuardError
-from .qiskit_backend import QGuardBackend, backends
+
+if TYPE_CHECKING:
+    # Imported when first used: qiskit at kernel start would slow every agent kernel's start.
+    from .qiskit_backend import QGuardBackend
 
 SUPPORTED = (
     "QiskitRuntimeService(...), service.backend(name), service.backends(), "
@@ -60,6 +63,8 @@ class QiskitRuntimeService:
 
     def _all(self) -> list[QGuardBackend]:
         if self._backends is None:
+            from .qiskit_backend import backends
+
             self._backends = backends()
         return self._backends
 
