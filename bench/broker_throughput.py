@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import fig, record, rss_mb
+from common import fig, record, settled_rss
 from support.jupyter_proc import ServerProcess
 
 KERNELS = 20
@@ -40,17 +40,10 @@ print(json.dumps({{"ids": [j.job_id for j in jobs], "states": states, "done": ti
 """
 
 
-async def settled_rss(server: ServerProcess) -> float:
-    await asyncio.sleep(3)
-    assert server.proc is not None
-    return rss_mb(server.proc.pid)
-
-
 async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="qg-bench-") as tmp:
         server = ServerProcess(Path(tmp), extra_args=ARGS).start()
         try:
-            await server.json("qguard/api/jobs")
             idle = await settled_rss(server)
             kernels = [await server.start_kernel(notebook=f"k{i}.ipynb") for i in range(KERNELS)]
             for k in kernels:

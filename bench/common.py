@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -66,6 +67,14 @@ def record(name: str, about: str, figures: dict[str, dict[str, Any]]) -> dict[st
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps({name: result}, indent=2))
     return result
+
+
+async def settled_rss(server: Any) -> float:
+    """A running server's resident memory once it answers and has had 3 s to settle (the
+    extension's start-up work, such as the watcher's initial scan, is done by then)."""
+    await server.json("qguard/api/jobs")
+    await asyncio.sleep(3)
+    return rss_mb(server.proc.pid)
 
 
 def rss_mb(pid: int) -> float:

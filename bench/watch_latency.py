@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import fig, percentile, record, rss_mb
+from common import fig, percentile, record, settled_rss
 from support.jupyter_proc import ServerProcess
 
 FILES = 10_000
@@ -26,14 +26,6 @@ def fill(root: Path) -> None:
         d = root / f"dir{i // 500:02d}"
         d.mkdir(parents=True, exist_ok=True)
         (d / f"file{i:05d}.py").write_text(f"# file {i}\nx = {i}\n")
-
-
-async def settled_rss(server: ServerProcess) -> float:
-    # the initial scan runs when the extension starts: wait until the API answers, then a bit
-    await server.json("qguard/api/jobs")
-    await asyncio.sleep(3)
-    assert server.proc is not None
-    return rss_mb(server.proc.pid)
 
 
 async def main() -> None:

@@ -425,7 +425,7 @@ class QGuardApp(ExtensionApp):
                 workspace_root=self.serverapp.root_dir,
             )
         self._fingerprint_key()
-        self.settings["qguard_broker"] = self.broker = broker
+        self.settings["qguard_broker"] = broker
         # Agent tokens (jupyter qguard agent-token): read by agents/identity.py on each request
         # that presents one, in the same database as the jobs.
         self.settings[AGENT_TOKENS_KEY] = AgentTokens(

@@ -11,6 +11,7 @@ server ever has them.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
@@ -134,8 +135,6 @@ class HubGroups:
         self.http = AsyncHTTPClient()
 
     async def get(self, path: str) -> Any:
-        import json
-
         response = await self.http.fetch(
             HTTPRequest(
                 f"{self.api_url}/{path}",

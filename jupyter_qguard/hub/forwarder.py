@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from ..broker.filehash import WorkspacePathError, file_hash, resolve_in_workspace
-from ..broker.jobs import InvalidRequest, validate_request
+from ..broker.jobs import InvalidRequest
 from ..broker.service import ApprovalRefused, Broker, BrokerError, JobNotFound
 from ..broker.store import TransitionConflict
 
@@ -124,11 +124,14 @@ class ForwardingBroker(Broker):
         kernels' waits), by asking for the newest jobs now and then."""
         while True:
             try:
+                seen = {}
                 for job in await self.call("jobs", query={"limit": 100}, timeout=30):
                     mark = f"{job['state']}|{job.get('updated_at')}|{job.get('approvals_given')}"
+                    seen[job["id"]] = mark
                     if self._seen.get(job["id"]) != mark:
-                        self._seen[job["id"]] = mark
                         self._changed(job)
+                # Only the jobs of this answer: the map stays as small as the listing.
+                self._seen = seen
             except BrokerError as exc:
                 log.debug("qguard: following the team broker: %s", exc)
             except Exception:
@@ -143,15 +146,15 @@ class ForwardingBroker(Broker):
 
     # -- the kernel's requests ---------------------------------------------------------------
 
-    async def submit(self, request: Any, kernel_id: str) -> dict[str, Any]:
-        validate_request(request)  # the same checks as at the service, before the trip
-        requester = await self.requester_for(kernel_id, request.get("cell_id"))
-        try:
-            files = await self._db(
-                self._bound_files, request.get("files", {}), requester["notebook"]
-            )
-        except WorkspacePathError as exc:
-            raise InvalidRequest(f"files: {exc}") from None
+    async def admit(
+        self,
+        request: dict[str, Any],
+        payload: bytes,
+        requester: dict[str, Any],
+        files: dict[str, str],
+    ) -> dict[str, Any]:
+        """Broker.submit checked the request and found the requester and the bound files'
+        hashes here; the team broker stores and checks the job (and names the user)."""
         agent = None
         if requester["kind"] == "agent":
             agent = {
@@ -165,7 +168,7 @@ class ForwardingBroker(Broker):
             body={
                 "request": request,
                 "kernel": {
-                    "kernel_id": kernel_id,
+                    "kernel_id": requester["kernel_id"],
                     "notebook": requester["notebook"],
                     "cell_id": requester["cell_id"],
                     "agent": agent,
@@ -268,8 +271,6 @@ class ForwardingBroker(Broker):
         except BrokerError as exc:
             log.error("qguard: file changes not reported to the team broker: %s", exc)
             return []
-        for job_id in answer.get("voided", []):
-            self._seen.pop(job_id, None)
         return list(answer.get("voided", []))
 
 

@@ -153,7 +153,6 @@ class ServiceHandler(HubOAuthenticated, web.RequestHandler):
             reason = fields.get("reason")
             if not isinstance(reason, str) or not reason.strip():
                 raise web.HTTPError(400, "the body needs 'reason' (why it is denied)")
-            await self.broker.get(job_id)
             return await self.broker.deny(job_id, name, reason.strip())
         except JobNotFound:
             raise web.HTTPError(404, f"no job {job_id}") from None
@@ -272,19 +271,18 @@ class CancelHandler(ServiceHandler):
         admin = self.has(self.scopes.admin)
         if not admin:
             self.need(self.scopes.request)
-        try:
-            if admin:
-                await self.broker.get(job_id)
-            else:
+            try:
                 await self.broker.own_job(self.who["name"], job_id)
-        except JobNotFound:
-            raise web.HTTPError(404, f"no job {job_id}") from None
+            except JobNotFound:
+                raise web.HTTPError(404, f"no job {job_id}") from None
         actor = self.body().get("actor")
         if admin and not isinstance(actor, str):
             actor = "admin"
         who = f"user:{self.who['name']}" + (f" ({actor})" if isinstance(actor, str) else "")
         try:
             self.send(self.view(await self.broker.cancel(job_id, who[:200])))
+        except JobNotFound:
+            raise web.HTTPError(404, f"no job {job_id}") from None
         except TransitionConflict as exc:
             raise web.HTTPError(409, str(exc)) from None
 
