@@ -56,6 +56,15 @@ class SandboxSpec:
     # files, ~/.jupyter and ~/.local live, so there the kernel writes only inside existing
     # entries that are not protected, and creates nothing new at the top.
     guard_top_level: bool = False
+    # The folder the kernel works in (the notebook's). The interpreter starts elsewhere (a
+    # directory the agent cannot write) and enters it only once every layer is in force.
+    cwd: str = ""
+    # Started with an agent token: the directories (absolute, inside the workspace) its
+    # manifest lets it write, as Landlock write rules instead of the whole workspace (None:
+    # the whole workspace), and the manifest's read `deny` patterns (workspace-relative
+    # fnmatch patterns, `*` matching `/` too), whose existing matches are hidden at start.
+    write_paths: list[str] | None = None
+    hide_patterns: list[str] = field(default_factory=list)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
