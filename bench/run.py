@@ -22,6 +22,7 @@ BENCHMARKS = [
     "lint_time.py",
     "watch_latency.py",
     "audit_log.py",
+    "bound_file_hashing.py",
 ]
 
 

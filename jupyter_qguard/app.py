@@ -14,15 +14,19 @@ from tornado import web
 from traitlets import Bool, Dict, Enum, Float, Int, List, Type, Unicode, default, validate
 
 from ._version import __version__
+from .agents import notebook_trust
 from .agents.authorizer import install_agent_auth
 from .agents.identity import SETTINGS_KEY as AGENT_TOKENS_KEY
 from .agents.tokens import AgentTokens
 from .audit.log import AuditLog, origin_for
 from .broker import runtime
+from .broker.hashing import DEFAULT_MAX_BYTES as DEFAULT_MAX_BOUND_FILE_BYTES
+from .broker.hashing import DEFAULT_TIMEOUT as DEFAULT_BOUND_FILE_TIMEOUT
 from .broker.service import Broker
 from .broker.store import Store, sqlite_url
 from .fsutil import read_or_create_key
 from .handlers import ROUTES
+from .isolation import drop_workspace_from_sys_path
 from .policy.engine import PolicyEngine
 from .providers import provider_classes
 from .sandbox import rlimits
@@ -140,7 +144,9 @@ class QGuardApp(ExtensionApp):
     watch_ignore = List(
         Unicode(),
         default_value=list(DEFAULT_IGNORE),
-        help="Glob patterns (relative to the workspace) the watcher ignores.",
+        help="Glob patterns (relative to the workspace) the watcher ignores. Files a person's "
+        "tools run (bytecode, .git, conftest.py, Makefile, ...: watch/toolfiles.py) are never "
+        "ignored, whatever the patterns say.",
     ).tag(config=True)
 
     watch_debounce_seconds = Float(
@@ -209,6 +215,23 @@ class QGuardApp(ExtensionApp):
         10.0,
         help="Longest the preflight simulation may run; past it the request goes to the "
         "approver without a preview, saying so.",
+    ).tag(config=True)
+
+    max_bound_file_bytes = Int(
+        DEFAULT_MAX_BOUND_FILE_BYTES,
+        help="Largest workspace file a job may depend on (its `files`, the notebook included), "
+        "in bytes; default 128 MiB. A bigger one is refused when the job is submitted, with a "
+        "sentence saying the limit, as is one that is not a regular file (a FIFO, socket or "
+        "device) or is reached through a symbolic link. Bound files are hashed off the "
+        "broker's database thread and the event loop; notebooks over 1 MiB are parsed in a "
+        "separate worker process.",
+    ).tag(config=True)
+
+    bound_file_timeout_seconds = Float(
+        DEFAULT_BOUND_FILE_TIMEOUT,
+        help="Longest the broker spends hashing the files one job depends on. A request whose "
+        "files take longer is refused with that reason; a job whose files cannot be hashed "
+        "again in time right before it is submitted goes back to the person (voided).",
     ).tag(config=True)
 
     sandbox_minimum = List(
@@ -345,6 +368,12 @@ class QGuardApp(ExtensionApp):
             raise ValueError(f"unknown sandbox layers {sorted(unknown)}; known: {list(LAYERS)}")
         return proposal["value"]
 
+    @validate("max_bound_file_bytes", "bound_file_timeout_seconds")
+    def _validate_positive(self, proposal: Any) -> Any:
+        if proposal["value"] <= 0:
+            raise ValueError(f"QGuardApp.{proposal['trait'].name} must be more than 0")
+        return proposal["value"]
+
     @validate("backends")
     def _validate_backends(self, proposal: Any) -> dict[str, Any]:
         for name, spec in proposal["value"].items():
@@ -406,6 +435,16 @@ class QGuardApp(ExtensionApp):
 
     def initialize_settings(self) -> None:
         self._check_state_dir()
+        # A server started as `python -m jupyter_server` from the workspace (or with PYTHONPATH
+        # into it) would import from there, and hand that sys.path to every worker it spawns.
+        dropped = drop_workspace_from_sys_path(self.serverapp.root_dir)
+        if dropped:
+            self.log.warning(
+                "qguard: removed %s from sys.path: the workspace is untrusted input, and the "
+                "server and its workers never import from it (start the server as `jupyter lab` "
+                "or `python -I -m jupyter_server`)",
+                ", ".join(repr(e) for e in dropped),
+            )
         if self.team_broker_url:
             from .hub.forwarder import ForwardingBroker
 
@@ -431,6 +470,11 @@ class QGuardApp(ExtensionApp):
         self.settings[AGENT_TOKENS_KEY] = AgentTokens(
             broker.store.engine, policy_dir=self.policy_dir
         )
+        # A notebook an agent's token saves is never signed by that save (the notary would sign
+        # it when its cells say they are trusted): agents/notebook_trust.py.
+        contents = self.serverapp.contents_manager
+        contents.register_pre_save_hook(notebook_trust.before_save)
+        contents.register_post_save_hook(notebook_trust.after_save)
         runtime.set_current(broker)
         self.log.info(
             "qguard: state in %s, store %s",
@@ -481,6 +525,8 @@ class QGuardApp(ExtensionApp):
             lint_timeout=self.lint_timeout_seconds,
             preflight_shots=self.preflight_shots,
             preflight_timeout=self.preflight_timeout_seconds,
+            max_bound_file_bytes=self.max_bound_file_bytes,
+            bound_file_timeout=self.bound_file_timeout_seconds,
             channel_settings={
                 "max_request_bytes": self.channel_max_request_bytes,
                 "rate": self.channel_rate,

@@ -4,15 +4,38 @@ The Aer and fake-cloud pools are spawned processes holding hundreds of megabytes
 server is killed (`kill -9`, the OOM killer) nothing tells them, and they would live on as
 orphans. Each worker watches its parent instead: PR_SET_PDEATHSIG would fire when the spawning
 *thread* ends, which for a pool is not the server's lifetime.
+
+Every pool is made with `spawn_context()`: its children start isolated (`python -I`, from "/"),
+so nothing an agent wrote into the server's working directory (often the workspace) is
+imported by them (isolation.py says why it must be the process-wide executable).
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.context
 import os
 import threading
 import time
 
+from .isolation import isolated_python
+
 POLL_SECONDS = 0.5
+
+
+def spawn_context() -> multiprocessing.context.SpawnContext:
+    """multiprocessing's "spawn" context, its children started through the isolated launcher.
+
+    `set_executable` is process-wide for spawn (and the forkserver), and that is what is
+    wanted: the resource tracker, which any pool's queues start, is one per process and knows
+    no other setting; and every spawned child of a server whose working directory may be the
+    workspace has the same hole, whoever made the pool. The child loses nothing it needs: -I
+    drops the working directory, PYTHON* variables and the user site, but multiprocessing gives
+    the child the parent's `sys.path` before it unpickles anything. Set again at each call, so
+    a later `set_executable` elsewhere cannot leave our pools unisolated."""
+    ctx = multiprocessing.get_context("spawn")
+    ctx.set_executable(isolated_python())
+    return ctx
 
 
 def exit_with_parent() -> None:

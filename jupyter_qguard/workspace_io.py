@@ -25,8 +25,9 @@ import ctypes
 import errno
 import hashlib
 import os
+import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -69,23 +70,40 @@ class Opened:
     st: os.stat_result
 
 
+# A path already in normal form: no component empty, "." or "..". (The watcher opens every
+# file of the workspace: this skips pathlib on nearly all of them.)
+_PLAIN = re.compile(r"(?!\.\.?(?:/|$))[^/]+(?:/(?!\.\.?(?:/|$))[^/]+)*")
+
+
 def normalize(rel: str) -> str:
-    """A workspace-relative posix path ("" is the root); refuses absolute paths and `..`."""
-    pure = PurePosixPath(rel.replace("\\", "/"))
+    """A workspace-relative posix path ("" is the root); refuses absolute paths and `..`. A
+    backslash is an ordinary character of a name here, as it is on Linux (turning it into a
+    separator would let `d\\x` stand for, and be read as, the other file `d/x`)."""
+    if "\0" in rel:
+        # C would read the path only up to it: "a.txt\0/x" would open a.txt.
+        raise UnsafeWorkspacePath(rel, "is not a path (it holds a NUL character)", code="outside")
+    if _PLAIN.fullmatch(rel):
+        return rel
+    pure = PurePosixPath(rel)
     if pure.is_absolute() or ".." in pure.parts:
         raise UnsafeWorkspacePath(rel, "must be a path inside the workspace", code="outside")
     return "/".join(p for p in pure.parts if p not in ("", "."))
 
 
+_TMPFILE = getattr(os, "O_TMPFILE", 0)
+_HOW_SIZE = ctypes.sizeof(_OpenHow)
+_hows: dict[tuple[int, int], _OpenHow] = {}  # built once per (flags, mode): read-only after
+
+
 def _openat2(dir_fd: int, rel: str, flags: int, mode: int) -> int:
     # openat2 refuses a mode without O_CREAT/O_TMPFILE (EINVAL), unlike openat.
     # (O_TMPFILE carries O_DIRECTORY's bit: test all of its bits.)
-    tmpfile = getattr(os, "O_TMPFILE", 0)
-    creating = flags & os.O_CREAT or (tmpfile and flags & tmpfile == tmpfile)
-    how = _OpenHow(flags | os.O_CLOEXEC, mode if creating else 0, _RESOLVE)
-    fd = _libc.syscall(
-        _SYS_OPENAT2, dir_fd, os.fsencode(rel), ctypes.byref(how), ctypes.sizeof(how)
-    )
+    creating = flags & os.O_CREAT or (_TMPFILE and flags & _TMPFILE == _TMPFILE)
+    key = (flags, mode if creating else 0)
+    how = _hows.get(key)
+    if how is None:
+        how = _hows.setdefault(key, _OpenHow(flags | os.O_CLOEXEC, key[1], _RESOLVE))
+    fd = _libc.syscall(_SYS_OPENAT2, dir_fd, os.fsencode(rel), ctypes.byref(how), _HOW_SIZE)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), rel)
@@ -182,7 +200,14 @@ def _kind(mode: int) -> str:
 
 
 def mib(n: int) -> str:
-    return f"{n / (1 << 20):.0f} MiB" if n >= 1 << 20 else f"{n} bytes"
+    """A size for a sentence; never rounded onto a limit it exceeds ("is 128 MiB, over the
+    limit of 128 MiB" for a byte too many): whole MiB, else one decimal, else bytes."""
+    if n < 1 << 20:
+        return f"{n} bytes"
+    if n % (1 << 20) == 0:
+        return f"{n >> 20} MiB"
+    text = f"{n / (1 << 20):.1f}"
+    return f"{n} bytes" if text.endswith(".0") else f"{text} MiB"
 
 
 def open_regular(root_dir_fd: int, rel: str, *, max_bytes: int | None) -> Opened:
@@ -222,6 +247,27 @@ def _stream(fd: int, rel: str, max_bytes: int | None) -> Iterator[bytes]:
         yield chunk
 
 
+def read_opened(opened: Opened, rel: str, *, max_bytes: int | None) -> bytes:
+    """Every byte of a file `open_regular` gave (the caller still closes it); too_large if it
+    grew over `max_bytes` while being read. The first read is sized to the file."""
+    limit = None if max_bytes is None else max_bytes + 1
+    want = opened.st.st_size + 1 if limit is None else min(opened.st.st_size + 1, limit)
+    parts = []
+    total = 0
+    while True:
+        chunk = os.read(opened.fd, max(want, 1))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+        if max_bytes is not None and total > max_bytes:
+            raise UnsafeWorkspacePath(
+                rel, f"grew over the limit of {mib(max_bytes)} while being read", code="too_large"
+            )
+        want = CHUNK if limit is None else min(CHUNK, limit - total)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def read_regular(root: str | os.PathLike[str], rel: str, *, max_bytes: int) -> bytes:
     """The bytes of a regular file of the workspace, at most `max_bytes` of them."""
     with root_fd(root) as rfd:
@@ -245,24 +291,72 @@ def sha256_regular(root: str | os.PathLike[str], rel: str, *, max_bytes: int | N
             os.close(opened.fd)
 
 
+def entry_type(mode: int) -> str:
+    """A name for what an lstat found: file, directory, symlink, fifo, socket, char_device,
+    block_device (or other)."""
+    for test, name in (
+        (stat.S_ISREG, "file"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISFIFO, "fifo"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "char_device"),
+        (stat.S_ISBLK, "block_device"),
+    ):
+        if test(mode):
+            return name
+    return "other"
+
+
+def _open_parent_of(root_dir_fd: int, rel: str) -> tuple[int, str]:
+    """(descriptor of the entry's directory, the entry's name); OSError as open_beneath's."""
+    parent, _, name = rel.rpartition("/")
+    pfd = open_beneath(root_dir_fd, parent, os.O_RDONLY | os.O_DIRECTORY) if parent else None
+    return (os.dup(root_dir_fd) if pfd is None else pfd), name
+
+
+def lstat_at(root_dir_fd: int, rel: str) -> os.stat_result | None:
+    """The entry's own stat (a link is not followed) under the directory `root_dir_fd`, reached
+    without following any link on the way; None if it or a parent is missing, or a parent is
+    a link (or not a directory)."""
+    rel = normalize(rel)
+    if not rel:
+        return os.fstat(root_dir_fd)
+    try:
+        pfd, name = _open_parent_of(root_dir_fd, rel)
+    except OSError:
+        return None
+    try:
+        return os.stat(name, dir_fd=pfd, follow_symlinks=False)
+    except OSError:
+        return None
+    finally:
+        os.close(pfd)
+
+
+def readlink_at(root_dir_fd: int, rel: str) -> str | None:
+    """The text of the link `rel` (never followed; no link followed on the way either), or
+    None if it is not a link (any more) or cannot be reached."""
+    rel = normalize(rel)
+    if not rel:
+        return None
+    try:
+        pfd, name = _open_parent_of(root_dir_fd, rel)
+    except OSError:
+        return None
+    try:
+        return os.readlink(name, dir_fd=pfd)
+    except OSError:
+        return None
+    finally:
+        os.close(pfd)
+
+
 def lstat_beneath(root: str | os.PathLike[str], rel: str) -> os.stat_result | None:
     """The entry's own stat (a link is not followed), reached without following any link on
     the way; None if it or a parent is missing or a parent is a link."""
-    rel = normalize(rel)
-    if not rel:
-        return os.stat(root)
-    parent, _, name = rel.rpartition("/")
     with root_fd(root) as rfd:
-        try:
-            pfd = open_beneath(rfd, parent, os.O_RDONLY | os.O_DIRECTORY) if parent else os.dup(rfd)
-        except OSError:
-            return None
-        try:
-            return os.stat(name, dir_fd=pfd, follow_symlinks=False)
-        except OSError:
-            return None
-        finally:
-            os.close(pfd)
+        return lstat_at(rfd, rel)
 
 
 def write_beneath(
@@ -354,43 +448,132 @@ def _open_parent(rfd: int, parent: str, rel: str, *, create: bool) -> int:
         raise _refusal(rel, exc) from None
 
 
-def walk(
-    root: str | os.PathLike[str], *, max_entries: int | None = None
-) -> Iterator[tuple[str, os.stat_result]]:
-    """Every entry under the root as (relative path, its own lstat), depth first, links never
-    followed (a link is yielded as a link; a directory is entered through a descriptor opened
-    O_NOFOLLOW from its parent's, so one swapped for a link mid-walk is skipped, not entered).
-    Stops after `max_entries` entries."""
-    count = 0
-    with root_fd(root) as rfd:
-        stack: list[tuple[str, int]] = [("", os.dup(rfd))]
-        try:
+class Walk:
+    """Every entry under the root (or under `under`) as (relative path, its own lstat), links
+    never followed: a link is yielded as a link, never entered. Each directory is opened from
+    the root descriptor with no link followed on any component (a folder swapped for a link
+    mid-walk is refused, not entered), listed lazily and closed before the next one: the walk
+    holds two descriptors whatever the tree's shape.
+
+    Bounded: at most `max_entries` entries are listed in all (a directory of a million entries
+    costs `max_entries` reads, not a million), and directories more than `max_depth` levels
+    below the root are not entered. When a bound stopped it, `truncated` holds a sentence
+    saying which. `sort`: each directory's entries in name order (the whole listing of a
+    directory is then read before its first entry is yielded, still within `max_entries`).
+    `enter(rel, st)`: whether to descend into a directory (default: always). `on_error(rel,
+    exc)`: a directory that could not be opened or listed (default: skipped silently).
+    Order: a directory's entries, then its subdirectories' trees in turn."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        under: str = "",
+        max_entries: int | None = None,
+        max_depth: int | None = None,
+        sort: bool = False,
+        enter: Callable[[str, os.stat_result], bool] | None = None,
+        on_error: Callable[[str, OSError], None] | None = None,
+    ) -> None:
+        self.root = root
+        self.under = normalize(under)
+        self.max_entries = max_entries
+        self.max_depth = max_depth
+        self.sort = sort
+        self.enter = enter
+        self.on_error = on_error
+        self.listed = 0
+        self.truncated: str | None = None
+
+    def __iter__(self) -> Iterator[tuple[str, os.stat_result]]:
+        self.listed = 0
+        self.truncated = None
+        with root_fd(self.root) as rfd:
+            start_depth = len(self.under.split("/")) if self.under else 0
+            stack: list[tuple[str, int]] = [(self.under, start_depth)]
             while stack:
-                prefix, dfd = stack.pop()
-                try:
+                rel_dir, depth = stack.pop()
+                subdirs: list[str] = []
+                for rel, st in self._list(rfd, rel_dir):
+                    yield rel, st
+                    if not stat.S_ISDIR(st.st_mode):
+                        continue
+                    if self.max_depth is not None and depth + 1 > self.max_depth:
+                        self.truncated = self.truncated or (
+                            f"did not enter folders more than {self.max_depth} levels deep"
+                        )
+                        continue
+                    if self.enter is None or self.enter(rel, st):
+                        subdirs.append(rel)
+                if self._over():
+                    if (stack or subdirs) and self.truncated is None:
+                        self._stop()  # directories left that were not listed
+                    return
+                stack.extend((sub, depth + 1) for sub in reversed(subdirs))
+
+    def _over(self) -> bool:
+        return self.max_entries is not None and self.listed >= self.max_entries
+
+    def _list(self, rfd: int, rel_dir: str) -> Iterator[tuple[str, os.stat_result]]:
+        try:
+            dfd = open_beneath(rfd, rel_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            if self.on_error is not None:
+                self.on_error(rel_dir, exc)
+            return
+        prefix = f"{rel_dir}/" if rel_dir else ""
+        try:
+            with os.scandir(dfd) as it:  # scandir works on its own duplicate of dfd
+                entries = it if not self.sort else self._sorted(it)
+                for entry in entries:
+                    if not self.sort:
+                        if self._over():
+                            self._stop()
+                            return
+                        self.listed += 1
                     try:
-                        with os.scandir(dfd) as it:
-                            entries = list(it)
+                        st = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    for entry in entries:
-                        try:
-                            st = entry.stat(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        count += 1
-                        if max_entries is not None and count > max_entries:
-                            return
-                        rel = f"{prefix}{entry.name}"
-                        yield rel, st
-                        if stat.S_ISDIR(st.st_mode):
-                            try:
-                                sub = os.open(entry.name, _DIR_FLAGS, dir_fd=dfd)
-                            except OSError:
-                                continue
-                            stack.append((rel + "/", sub))
-                finally:
-                    os.close(dfd)
+                    yield prefix + entry.name, st
+        except OSError as exc:
+            if self.on_error is not None:
+                self.on_error(rel_dir, exc)
         finally:
-            for _, fd in stack:
-                os.close(fd)
+            os.close(dfd)
+
+    def _sorted(self, it: Iterator[os.DirEntry[str]]) -> list[os.DirEntry[str]]:
+        entries = []
+        for entry in it:
+            if self._over():
+                self._stop()
+                break
+            self.listed += 1
+            entries.append(entry)
+        entries.sort(key=lambda e: e.name)
+        return entries
+
+    def _stop(self) -> None:
+        self.truncated = f"stopped listing after {self.max_entries:,} entries"
+
+
+def walk(
+    root: str | os.PathLike[str],
+    *,
+    under: str = "",
+    max_entries: int | None = None,
+    max_depth: int | None = None,
+    sort: bool = False,
+    enter: Callable[[str, os.stat_result], bool] | None = None,
+    on_error: Callable[[str, OSError], None] | None = None,
+) -> Walk:
+    """See `Walk`: iterate it for (relative path, lstat); read `.truncated` afterwards."""
+    return Walk(
+        root,
+        under=under,
+        max_entries=max_entries,
+        max_depth=max_depth,
+        sort=sort,
+        enter=enter,
+        on_error=on_error,
+    )

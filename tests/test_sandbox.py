@@ -178,6 +178,22 @@ COMPAT = {
         "subprocess.run(['echo', 'from-child'])",
         ("listed.txt", "from-child"),
     ),
+    # %pip of a package that is there already: pip runs in the sandbox (no network needed).
+    "pip_install_present_package": (
+        "%pip install --no-input numpy",
+        "Requirement already satisfied: numpy",
+    ),
+    # Catalyst's JIT compiles through MLIR/LLVM and links with the system C compiler (cc).
+    "catalyst_qjit": (
+        "import pennylane as qml\nfrom catalyst import qjit\n"
+        "dev = qml.device('lightning.qubit', wires=2)\n"
+        "@qjit\n@qml.qnode(dev)\n"
+        "def f(x):\n"
+        "    qml.RX(x, wires=0); qml.CNOT(wires=[0, 1])\n"
+        "    return qml.expval(qml.PauliZ(1))\n"
+        "print('catalyst', round(float(f(0.5)), 6))",
+        "catalyst 0.877583",
+    ),
     "workspace_files": (
         "import os\nos.makedirs('out/sub', exist_ok=True)\n"
         "open('out/sub/a.txt', 'w').write('hello')\n"

@@ -83,3 +83,43 @@ def test_agent_tokens_round_trip(store):
     assert tokens.revoke("bot") == 1
     assert tokens.authenticate(token) is None
     assert tokens.list()[0]["state"] == "revoked"
+
+
+def test_an_older_database_gains_the_change_entry_columns(db_url):
+    """A store made before changes recorded entry types (links, FIFOs) opens with them added,
+    its rows kept; what it records then says what each entry was."""
+    from sqlalchemy import create_engine, inspect, text
+
+    from jupyter_qguard.broker.store import ADDED_COLUMNS
+
+    Store(db_url).close()  # every table as it is now
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        for name in ADDED_COLUMNS["qguard_changes"]:
+            conn.execute(text(f"ALTER TABLE qguard_changes DROP COLUMN {name}"))
+    engine.dispose()
+    s = Store(db_url)
+    try:
+        cols = {c["name"] for c in inspect(s.engine).get_columns("qguard_changes")}
+        assert set(ADDED_COLUMNS["qguard_changes"]) <= cols
+        now = dt.datetime.now(dt.UTC)
+        [row] = s.add_changes(
+            [
+                {
+                    "at": now,
+                    "seen_at": now,
+                    "path": "d",
+                    "kind": "created",
+                    "actor": "kernel:k1",
+                    "entry_type": "symlink",
+                    "link_target": "/home/me/.aws",
+                }
+            ]
+        )
+        assert (row["entry_type"], row["before_entry_type"], row["link_target"]) == (
+            "symlink",
+            None,
+            "/home/me/.aws",
+        )
+    finally:
+        s.close()

@@ -167,3 +167,76 @@ def test_openat2_is_used_on_this_kernel():
     with wio.root_fd("/") as fd:
         os.close(wio.open_beneath(fd, "etc", os.O_RDONLY | os.O_DIRECTORY))
     assert wio._have_openat2 is True
+
+
+def test_walk_holds_few_descriptors_whatever_the_shape(world, mode):
+    # One descriptor per directory waiting to be listed ran out of them (EMFILE) on a folder
+    # with many subfolders, and the walk then skipped them silently.
+    import resource
+
+    ws, _ = world
+    for i in range(300):
+        (ws / "many" / f"d{i:03d}").mkdir(parents=True)
+        (ws / "many" / f"d{i:03d}" / "f").write_text("x")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 20, hard))
+    try:
+        seen = dict(wio.walk(ws))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert sum(rel.endswith("/f") and rel.startswith("many/") for rel in seen) == 300
+
+
+def test_walk_lists_lazily_and_says_why_it_stopped(world):
+    ws, _ = world
+    (ws / "big").mkdir()
+    for i in range(2000):
+        (ws / "big" / f"f{i}").write_text("")
+    walk = wio.walk(ws, max_entries=100)
+    assert len(list(walk)) == 100
+    assert (walk.listed, walk.truncated) == (100, "stopped listing after 100 entries")
+    everything = wio.walk(ws)
+    assert len(list(everything)) == 2000 + 3 and everything.truncated is None
+    exact = wio.walk(ws / "sub", max_entries=1)
+    assert [rel for rel, _ in exact] == ["ok.txt"] and exact.truncated is None
+
+
+def test_walk_depth_bound_order_and_under(world):
+    ws, _ = world
+    (ws / "a" / "b" / "c").mkdir(parents=True)
+    (ws / "a" / "z.txt").write_text("")
+    (ws / "a" / "b" / "c" / "deep.txt").write_text("")
+    walk = wio.walk(ws, max_depth=2, sort=True)
+    assert [rel for rel, _ in walk] == ["a", "sub", "a/b", "a/z.txt", "a/b/c", "sub/ok.txt"]
+    assert walk.truncated == "did not enter folders more than 2 levels deep"
+    assert [rel for rel, _ in wio.walk(ws, under="a/b")] == ["a/b/c", "a/b/c/deep.txt"]
+
+
+def test_walk_never_enters_a_folder_swapped_for_a_link_mid_walk(world, mode):
+    ws, outside = world
+    errors = []
+
+    def swap_then_enter(rel, st):
+        # Listed as a real folder; a link by the time the walk opens it.
+        os.rename(ws / rel, ws / f"{rel}-old")
+        os.symlink(outside, ws / rel)
+        return True
+
+    walk = wio.walk(ws, enter=swap_then_enter, on_error=lambda rel, exc: errors.append(rel))
+    seen = [rel for rel, _ in walk]
+    assert seen == ["sub"]
+    assert [(rel, os.path.islink(ws / rel)) for rel in errors] == [("sub", True)]
+    assert wio.lstat_beneath(ws, "sub/credentials") is None
+    with wio.root_fd(ws) as rfd:
+        assert wio.readlink_at(rfd, "sub") == str(outside)
+
+
+def test_a_backslash_is_part_of_a_name_and_nul_is_refused(world, mode):
+    ws, _ = world
+    (ws / "sub\\ok.txt").write_text("the other one\n")
+    assert wio.read_regular(ws, "sub\\ok.txt", max_bytes=100) == b"the other one\n"
+    assert wio.read_regular(ws, "sub/ok.txt", max_bytes=100) == b"fine\n"
+    with pytest.raises(wio.UnsafeWorkspacePath) as err:
+        wio.read_regular(ws, "sub/ok.txt\0/../../secret/credentials", max_bytes=100)
+    assert err.value.code == "outside"

@@ -94,8 +94,13 @@ class Manifest:
 
 
 def normalize(path: str) -> str | None:
-    """A contents path as the server's root sees it ("" is the root); None if it climbs out."""
-    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    """A contents path as the server's root sees it ("" is the root); None if it climbs out,
+    or holds a backslash or a NUL byte. (jupyter_server splits API paths at "/" only: on this
+    OS `agent\\x` is a file named so at the root, which reading the backslash as a separator
+    would take for one in agent/.)"""
+    if "\\" in path or "\x00" in path:
+        return None
+    parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
         return None
     return posixpath.join(*parts) if parts else ""

@@ -3,6 +3,11 @@
 A notebook is hashed by the sources of its code cells, in order, not by its bytes: saving
 outputs, execution counts, metadata or an autosave must not void an approval, while an edited,
 inserted, removed or reordered code cell must (DESIGN.md, "The job").
+
+The files are the agent's: they are read through workspace_io (no link followed on any
+component, regular files only, a size cap). broker/hashing.py decides where the hashing runs
+(never on the database thread or the event loop); this module is what runs there, and it imports
+nothing heavy, so that the hashing worker process starts quickly.
 """
 
 from __future__ import annotations
@@ -10,25 +15,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path, PurePosixPath
+from typing import Any
 
-from .jobs import canonical_json
+from .. import workspace_io as wio
 
 
 class WorkspacePathError(ValueError):
     """A path that is absolute, climbs out of the workspace or cannot be read."""
 
 
-def resolve_in_workspace(root: str | os.PathLike[str], rel: str) -> Path:
-    """Resolve a workspace-relative API path, refusing anything outside the root."""
-    pure = PurePosixPath(rel)
-    if pure.is_absolute() or ".." in pure.parts or rel.strip() == "":
-        raise WorkspacePathError(f"{rel!r}: must be a path inside the workspace")
-    root_path = Path(root).resolve()
-    path = (root_path / pure).resolve()
-    if path != root_path and root_path not in path.parents:
-        raise WorkspacePathError(f"{rel!r}: resolves outside the workspace")
-    return path
+def canonical_json(value: Any) -> bytes:
+    """jobs.canonical_json, here so that the hashing worker need not import jobs (and its
+    jsonschema, seconds of start-up); tests/test_bound_files.py checks that the two agree."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
 
 
 def notebook_code_hash(data: bytes) -> str:
@@ -42,16 +43,24 @@ def notebook_code_hash(data: bytes) -> str:
     return hashlib.sha256(canonical_json(sources)).hexdigest()
 
 
-def file_hash(path: Path) -> str:
+def is_notebook(rel: str) -> bool:
+    return rel.endswith(".ipynb")
+
+
+def hash_bytes(rel: str, data: bytes) -> str:
     """The hash bound into an approval: code-cell hash for .ipynb, SHA-256 of bytes otherwise."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise WorkspacePathError(f"{path.name}: cannot be read ({exc.strerror})") from None
-    if path.suffix == ".ipynb":
+    if is_notebook(rel):
         try:
             return notebook_code_hash(data)
-        except (ValueError, AttributeError, TypeError):
-            # Not valid notebook JSON: bind the bytes, so any edit still voids the approval.
+        except (ValueError, AttributeError, TypeError, RecursionError):
+            # Not valid notebook JSON (or nested past the parser's depth): bind the bytes, so
+            # any edit still voids the approval.
             pass
     return hashlib.sha256(data).hexdigest()
+
+
+def file_hash(root: str | os.PathLike[str], rel: str, *, max_bytes: int) -> str:
+    """`hash_bytes` of the workspace file `rel`, read whole (at most `max_bytes`) through
+    workspace_io. Blocking, and a notebook's JSON is parsed holding the GIL: the broker calls
+    this in its hashing worker process (broker/hashing.py), never on the event loop."""
+    return hash_bytes(rel, wio.read_regular(root, rel, max_bytes=max_bytes))

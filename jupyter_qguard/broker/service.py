@@ -13,6 +13,7 @@ import datetime as dt
 import getpass
 import json
 import logging
+import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import credentials as creds
+from .. import workspace_io as wio
 from ..audit import bundle as bundles
 from ..audit import environment
 from ..audit.log import AuditLog, AuditUnavailable
@@ -30,7 +32,8 @@ from ..policy.engine import PolicyEngine, PolicyError
 from ..policy.lint import lint
 from ..providers.base import Provider, ProviderError, RunSpec
 from .events import EventBus, JobWaiters
-from .filehash import WorkspacePathError, file_hash, resolve_in_workspace
+from .filehash import WorkspacePathError
+from .hashing import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, BoundFileHasher
 from .jobs import (
     CANCELLABLE,
     TERMINAL,
@@ -94,6 +97,8 @@ class Broker:
         lint_timeout: float = 30.0,
         preflight_shots: int = 1024,
         preflight_timeout: float = 10.0,
+        max_bound_file_bytes: int = DEFAULT_MAX_BYTES,
+        bound_file_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.store = store
         self.backends = backends
@@ -112,6 +117,11 @@ class Broker:
         # saw them: that kernel's requests are theirs (the latest one's).
         self.kernel_agents: dict[str, Any] = {}
         self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qguard-db")
+        # The files jobs depend on are hashed here, never on the database thread or the event
+        # loop (broker/hashing.py): the agent's files cannot stall listings or approvals.
+        self.hasher = BoundFileHasher(
+            self.workspace_root, max_bytes=max_bound_file_bytes, timeout=bound_file_timeout
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._probe: asyncio.Future[dict[str, Any]] | None = None
         self.policy = policy
@@ -279,6 +289,7 @@ class Broker:
         self.record("server.stop")
         await self._db(self.checkpoint)
         self._db_pool.shutdown(wait=True)
+        self.hasher.close()
         self.store.close()
 
     async def recover(self) -> None:
@@ -326,6 +337,13 @@ class Broker:
             self.kernel_agents[kernel_id] = agent
             self.record("agent.kernel", kernel=kernel_id, agent=agent.name, agent_id=agent.token_id)
 
+    def kernel_starter(self, kernel_id: str) -> str | None:
+        """The token id of the agent whose token started this kernel; None if a person started
+        it or the kernel is unknown. An agent token may attach only to kernels it started.
+        Set by the provisioner at the kernel's first launch and kept across its restarts."""
+        starter = self.kernels.get(kernel_id, {}).get("starter")
+        return None if starter is None else starter.token_id
+
     def kernel_report(self, kernel_id: str) -> dict[str, Any] | None:
         info = self.kernels.get(kernel_id)
         if info is None:
@@ -361,12 +379,16 @@ class Broker:
         return await asyncio.shield(self._probe)
 
     async def _run_probe(self) -> dict[str, Any]:
+        from ..isolation import ISOLATED_CWD, isolated_command
+
+        # Isolated, from "/": `python -m` from the server's working directory (often the
+        # workspace) would import whatever an agent left there before probing anything.
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "jupyter_qguard.sandbox.probe",
+            *isolated_command("-m", "jupyter_qguard.sandbox.probe"),
             "--workspace",
             self.workspace_root,
+            cwd=ISOLATED_CWD,
+            stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -427,29 +449,33 @@ class Broker:
     def _bound_files(
         self, requested: dict[str, str | None], notebook: str | None
     ) -> dict[str, str]:
-        """Hash every bound file ourselves; a hash the kernel states must match what is on disk."""
+        """Hash every bound file ourselves; a hash the kernel states must match what is on disk.
+        Blocking (run through `self.hasher.run`); BoundFileRefused for a file that is not a
+        regular file of the workspace reached without links, over the cap, or too slow. Paths
+        are kept normalized ("./a//b" is "a/b"), as the change feed names them."""
         wanted = dict(requested)
         if notebook:
             wanted.setdefault(notebook, None)
+        deadline = self.hasher.deadline()
         out: dict[str, str] = {}
         for rel, stated in sorted(wanted.items()):
-            actual = file_hash(resolve_in_workspace(self.workspace_root, rel))
+            actual = self.hasher.hash(rel, deadline)
             if stated is not None and stated != actual:
                 raise InvalidRequest(
                     f"files/{rel}: changed between the request and its arrival "
                     f"(stated {stated[:12]}…, now {actual[:12]}…)"
                 )
-            out[rel] = actual
+            out[wio.normalize(rel)] = actual
         return out
 
     async def submit(self, request: Any, kernel_id: str) -> dict[str, Any]:
         payload = validate_request(request)  # raises InvalidRequest: nothing stored
         requester = await self.requester_for(kernel_id, request.get("cell_id"))
         try:
-            files = await self._db(
+            files = await self.hasher.run(
                 self._bound_files, request.get("files", {}), requester["notebook"]
             )
-        except WorkspacePathError as exc:
+        except WorkspacePathError as exc:  # hashing.BoundFileRefused among them
             raise InvalidRequest(f"files: {exc}") from None
         return await self.admit(request, payload, requester, files)
 
@@ -1005,7 +1031,7 @@ class Broker:
             touched = {p: h for p, h in job["files"].items() if p in by_path}
             if not touched:
                 continue
-            changed = await self._db(
+            changed = await self.hasher.run(
                 self._changed_files, touched, by_path, job["requester"]["user"]
             )
             if not changed:
@@ -1033,16 +1059,15 @@ class Broker:
         self, files: dict[str, str], changes: dict[str, Any] | None = None, user: str = ""
     ) -> list[str]:
         """Bound files whose hash is no longer the one in the job (missing ones included),
-        read from the workspace. (Team mode reads the hashes the user's server reported.)"""
-        changed = []
-        for rel, bound in sorted(files.items()):
-            try:
-                now = file_hash(resolve_in_workspace(self.workspace_root, rel))
-            except WorkspacePathError:
-                now = None
-            if now != bound:
-                changed.append(rel)
-        return changed
+        read from the workspace; one that cannot be hashed now (a link, a FIFO, over the cap,
+        too slow) counts as changed. Blocking: run through `self.hasher.run`. (Team mode reads
+        the hashes the user's server reported.)"""
+        deadline = self.hasher.deadline()
+        return [
+            rel
+            for rel, bound in sorted(files.items())
+            if self.hasher.hash_or_none(rel, deadline) != bound
+        ]
 
     async def _execute(self, job_id: str) -> None:
         try:
@@ -1050,7 +1075,7 @@ class Broker:
             if int((job.get("decision") or {}).get("approvals_required") or 0) > 0:
                 # The last look before anything leaves: a person approved these files' contents,
                 # and a change the watcher missed (or made while it was down) voids that.
-                changed = await self._db(
+                changed = await self.hasher.run(
                     self._changed_files, job["files"], None, job["requester"]["user"]
                 )
                 if changed:
@@ -1167,6 +1192,15 @@ class Broker:
             return
         log.info("qguard: job %s bundle in %s", job_id, path)
 
+    def code_path(self) -> list[str]:
+        """sys.path without the workspace root, for a bundle's environment record. A server
+        started from the root (`python -m jupyter_server` there) has it first on sys.path, and
+        what an agent left there (a `qiskit-9.9.dist-info` shadowing the real one, a RECORD
+        that is a FIFO, a link or terabytes) must not be read into a bundle, nor read at all.
+        (A virtualenv inside the workspace stays: the server's packages are really there.)"""
+        root = Path(self.workspace_root)
+        return [entry for entry in sys.path if Path(entry or os.curdir).resolve() != root]
+
     async def write_bundle(self, job: dict[str, Any], spec: RunSpec, provider: Provider) -> Path:
         assert self.bundles_dir is not None and self.audit is not None
         aer = self.providers["aer"]
@@ -1180,7 +1214,7 @@ class Broker:
             calibration = {"unavailable": f"reading it failed: {exc}"}
         request, _ = await self._db(self.store.run_inputs, job["id"])
         approvals = await self._db(self.store.approvals, job["id"])
-        env = await asyncio.to_thread(environment.manifest)
+        env = await asyncio.to_thread(environment.manifest, self.code_path())
         sbom_dir = self.sbom_cache_dir or self.bundles_dir / ".sbom-cache"
         sbom = await asyncio.to_thread(environment.sbom, env, sbom_dir)
         files: dict[str, Any] = {

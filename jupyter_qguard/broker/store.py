@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Column,
     DateTime,
     Float,
     ForeignKey,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
     update,
 )
@@ -161,6 +163,37 @@ class WorkspaceChange(Base):
     moved_to: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The change this one undid (POST .../revert), if it is a revert.
     reverts: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # What the entry was before and after, when not a regular file (directory, symlink, fifo,
+    # socket, ...): such entries are recorded, never opened; a link with its text.
+    entry_type: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    before_entry_type: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    link_target: Mapped[str | None] = mapped_column(Text, nullable=True)
+    before_link_target: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+# Columns added to tables after their first release, nullable, added to an existing database
+# when the store opens it (create_all creates missing tables, never missing columns).
+ADDED_COLUMNS = {
+    "qguard_changes": ("entry_type", "before_entry_type", "link_target", "before_link_target"),
+}
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    tables = {t.name: t for t in Base.metadata.sorted_tables}
+    with engine.begin() as conn:
+        have = inspect(conn)
+        ops = None
+        for table, names in ADDED_COLUMNS.items():
+            present = {c["name"] for c in have.get_columns(table)}
+            for name in names:
+                if name in present:
+                    continue
+                ops = ops or Operations(MigrationContext.configure(conn))
+                column = tables[table].c[name]
+                ops.add_column(table, Column(name, column.type, nullable=True))
 
 
 def _change_dict(c: WorkspaceChange) -> dict[str, Any]:
@@ -181,7 +214,21 @@ def _change_dict(c: WorkspaceChange) -> dict[str, Any]:
         "moved_from": c.moved_from,
         "moved_to": c.moved_to,
         "reverts": c.reverts,
+        **_entry_types(c),
+        "link_target": c.link_target,
+        "before_link_target": c.before_link_target,
     }
+
+
+def _entry_types(c: WorkspaceChange) -> dict[str, str | None]:
+    """None on a side means nothing was there. A row written before the columns existed has
+    neither: its entries were files, but for the missing side of a creation or deletion."""
+    if c.entry_type is None and c.before_entry_type is None:
+        return {
+            "entry_type": None if c.kind == "deleted" else "file",
+            "before_entry_type": None if c.kind == "created" else "file",
+        }
+    return {"entry_type": c.entry_type, "before_entry_type": c.before_entry_type}
 
 
 class TransitionConflict(RuntimeError):
@@ -231,6 +278,7 @@ class Store:
         # be written rolls the move back (unless stopping is all it does: AUDIT_OPTIONAL).
         self.audit: AuditLog | None = None
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -20,6 +20,7 @@ from pathlib import Path
 from jupyter_core.paths import jupyter_data_dir
 
 from ..credentials import CredentialStore, backend_from_name, store_key_file
+from ..isolation import ISOLATED_CWD, isolated_command
 
 DEMO_BACKENDS = {
     "aer_simulator": {
@@ -45,16 +46,14 @@ KEYRING = "keyrings.alt.file.PlaintextKeyring"
 
 def start_fake_cloud(home: Path) -> tuple[subprocess.Popen[bytes], str]:
     """The loopback fake cloud, with its own state and API key under `home`."""
+    # Isolated, from "/": the demo's working directory is often the workspace, and `python -m`
+    # would import from it first.
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyter_qguard.fakecloud",
-            "--port",
-            "0",
-            "--state-dir",
-            str(home / "fakecloud"),
-        ],
+        isolated_command(
+            "-m", "jupyter_qguard.fakecloud", "--port", "0", "--state-dir", str(home / "fakecloud")
+        ),
+        cwd=ISOLATED_CWD,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
     )
     assert proc.stdout is not None
@@ -90,10 +89,11 @@ def main(argv: list[str] | None = None) -> None:
     fingerprint = store_key_file(store, "fakecloud", home / "fakecloud" / "api_key")
     print(f"qguard demo: fake cloud at {cloud_url}, its key in the keyring ({fingerprint})")
 
+    # JupyterLab isolated too (`-I`: its working directory, perhaps the workspace itself, is
+    # not on its sys.path), as `jupyter lab` (a console script) would be: otherwise the server
+    # would import what an agent left in the workspace at its next start.
     cmd = [
-        sys.executable,
-        "-m",
-        "jupyterlab",
+        *isolated_command("-m", "jupyterlab"),
         f"--ServerApp.root_dir={workspace}",
         f"--ServerApp.port={args.port}",
         "--ServerApp.ip=127.0.0.1",

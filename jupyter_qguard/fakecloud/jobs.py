@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import secrets
 import tempfile
@@ -29,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..workers import spawn_context
 from . import backends, simulate
 from .errors import ApiError
 from .faults import FaultInjector
@@ -106,9 +106,10 @@ def _is_int(value: object) -> bool:
 
 def _spawn_pool(workers: int) -> ProcessPoolExecutor:
     # spawn, not fork: the server has an event loop and threads that a fork would copy.
+    # Isolated: whoever started the fake cloud, its working directory is no import source.
     return ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
+        mp_context=spawn_context(),
         initializer=simulate.init_worker,
     )
 

@@ -19,7 +19,6 @@ from urllib.parse import urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from ..broker.filehash import WorkspacePathError, file_hash, resolve_in_workspace
 from ..broker.jobs import InvalidRequest
 from ..broker.service import ApprovalRefused, Broker, BrokerError, JobNotFound
 from ..broker.store import TransitionConflict
@@ -252,10 +251,10 @@ class ForwardingBroker(Broker):
     # -- the workspace -----------------------------------------------------------------------
 
     def _hash_now(self, path: str) -> str | None:
-        try:
-            return file_hash(resolve_in_workspace(self.workspace_root, path))
-        except (WorkspacePathError, OSError):
-            return None
+        """The file's bound hash now, read as Broker reads bound files (broker/hashing.py: no
+        link followed, regular files only, the size cap, in time); None: gone or refused,
+        which voids what is bound to it. Blocking: run through `self.hasher.run`."""
+        return self.hasher.hash_or_none(path)
 
     async def void_for_changes(
         self, changes: list[dict[str, Any]], *, user: str | None = None
@@ -264,7 +263,7 @@ class ForwardingBroker(Broker):
         user's approvals bound to them."""
         reported = []
         for c in changes:
-            sha = await self._db(self._hash_now, c["path"])
+            sha = await self.hasher.run(self._hash_now, c["path"])
             reported.append({"id": c["id"], "path": c["path"], "actor": c["actor"], "sha": sha})
         try:
             answer = await self.call("changes", method="POST", body={"changes": reported})

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from traitlets import Int, Unicode
 
-from ..workers import exit_with_parent
+from ..workers import exit_with_parent, spawn_context
 from . import aer_worker
 from .base import ProgramFacts, Provider, ProviderError, RunSpec
 
@@ -32,10 +31,10 @@ class AerProvider(Provider):
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            # spawn, not fork: the server process has threads and an event loop.
-            ctx = multiprocessing.get_context("spawn")
+            # spawn, not fork: the server process has threads and an event loop. Isolated:
+            # the server's working directory may be the workspace (workers.spawn_context).
             self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=ctx, initializer=exit_with_parent
+                max_workers=self.workers, mp_context=spawn_context(), initializer=exit_with_parent
             )
         return self._pool
 

@@ -35,6 +35,22 @@ def plaintext_credentials(environ: dict[str, str] | None = None) -> dict[str, li
     return {"files": files, "environment": names}
 
 
+# What an agent kernel may do to the workspace that the person's own tools later touch, and
+# which layer says no (the rest of the workspace stays the agent's to write).
+WORKSPACE_RULES = {
+    "interpreter": "started with -I outside the workspace; enters the notebook's folder only "
+    "once confined; bytecode goes to the kernel's own directory (sys.pycache_prefix)",
+    "symlinks": "refused (seccomp: symlink, symlinkat give EPERM); hard links stay",
+    "setuid_setgid": "refused (seccomp: chmod/open/creat/mknod with S_ISUID or S_ISGID give "
+    "EPERM); the workspace is mounted nosuid,nodev for the kernel",
+    "git": "every .git at any depth (and what a gitdir: file or commondir names) read-only, "
+    "and fixed in place with its folders up to the workspace root (needs namespaces); a new "
+    ".git elsewhere is flagged by the watcher",
+    "manifest": "an agent token's write scopes are the kernel's Landlock write rules; its "
+    "denied files are hidden at start (needs namespaces, else the kernel does not start)",
+}
+
+
 def report(workspace: str | None = None, minimum: list[str] | None = None) -> dict[str, Any]:
     layers = probe_all(workspace)
     minimum = list(minimum or DEFAULT_MINIMUM)
@@ -44,6 +60,7 @@ def report(workspace: str | None = None, minimum: list[str] | None = None) -> di
         "minimum": minimum,
         "agent_kernels_can_start": not missing,
         "missing": missing,
+        "workspace_rules": dict(WORKSPACE_RULES),
         "plaintext_credentials": plaintext_credentials(),
     }
 
@@ -65,6 +82,17 @@ def format_report(rep: dict[str, Any]) -> str:
         lines.append("Agent kernels can start: the minimum isolation is available.")
     else:
         lines.append("Agent kernels will NOT start; missing: " + ", ".join(rep["missing"]))
+    rules = rep.get("workspace_rules", {})
+    if rules:
+        ns_ok = rep["layers"].get("namespaces", {}).get("available")
+        lines.append("")
+        lines.append("What agent kernels may not do to the workspace:")
+        lines += [f"  {name:<13} {text}" for name, text in rules.items()]
+        if not ns_ok:
+            lines.append(
+                "  (no mount namespace here: .git is not read-only in agent kernels, and kernels "
+                "of agent tokens that deny files will not start)"
+            )
     creds = rep["plaintext_credentials"]
     lines.append("")
     if creds["files"] or creds["environment"]:

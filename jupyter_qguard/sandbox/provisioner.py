@@ -5,24 +5,41 @@ On top of jupyter_client's LocalProvisioner it
   that holds only its connection file and sockets, so the kernel needs no TCP at all;
 - reduces the environment to an allowlist, with HOME and friends inside that directory;
 - hands the kernel one end of a connected unix socket pair (its broker channel) as an
-  inherited descriptor, so it never has to call connect().
+  inherited descriptor, so it never has to call connect();
+- starts the interpreter in "/" (a directory the agent cannot write; the launcher enters the
+  notebook's folder, `spec.cwd`, once confined), with no descriptor of the server's: stdin is
+  /dev/null, stdout and stderr are pipes read here and shown in the server log one line at a
+  time (cut, rate-limited, control characters shown escaped: see KernelOutput);
+- binds a kernel an agent token started to that token's manifest (its write scopes as the
+  kernel's write rules, its read denials hidden), for the kernel's whole life, restarts
+  included; the broker knows the starter (`Broker.kernel_starter`).
 The OS layers (Landlock, seccomp, namespaces, uid drop) are applied by `launch.py` in the
 kernel process before ipykernel starts; this class decides what they are.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import logging
 import os
+import re
 import shutil
 import socket
+import subprocess
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
 from tornado import web
+from traitlets import Int
 
+from ..agents.context import current_agent
+from ..agents.manifest import normalize
 from ..broker import runtime
+from ..isolation import ISOLATED_CWD, workspace_on_sys_path
 from . import identity
 from .environment import kernel_environment
 from .spec import DEFAULT_MINIMUM, SPEC_VAR, SandboxSpec
@@ -31,10 +48,29 @@ from .spec import DEFAULT_MINIMUM, SPEC_VAR, SandboxSpec
 class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
     """Launches `qguard-agent` kernels; refuses to launch when no broker is running."""
 
+    output_line_bytes = Int(
+        2000,
+        config=True,
+        help="Longest line of a kernel's stdout/stderr shown in the server log; the rest of "
+        "the line is cut (and the number of bytes cut said).",
+    )
+    output_lines_per_second = Int(
+        200,
+        config=True,
+        help="Most lines of a kernel's stdout/stderr shown in the server log per second; "
+        "beyond that they are dropped, and how many is said once.",
+    )
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.kernel_dir: Path | None = None
         self._child_sock: socket.socket | None = None
+        # jupyter_client 8 keeps this object across restarts (KernelManager creates one only
+        # when it has none): what was decided at the first launch holds for every later one.
+        self._launched = False
+        self._starter: Any = None
+        self._workdir: str | None = None
+        self._output: KernelOutput | None = None
 
     @property
     def is_qguard(self) -> bool:
@@ -86,11 +122,22 @@ class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
             rlimits=dict(settings.get("rlimits", {})),
             extra_read_paths=list(settings.get("extra_read_paths", [])),
         )
-        # A kernel started without a notebook would inherit the server's cwd, which may lie
-        # outside the workspace (and so be unreadable to it): start it at the workspace root.
+        # The folder the kernel works in: the notebook's, or (a kernel started without one
+        # would get the server's, which may lie outside the workspace and so be unreadable
+        # to it) the workspace root. The process itself starts in "/": `python -m` puts its
+        # working directory first on sys.path before any layer applies, and this folder is
+        # the agent's. The launcher enters it once confined.
         cwd = os.path.realpath(kwargs.get("cwd") or os.getcwd())
         if cwd != workspace and not cwd.startswith(workspace + os.sep):
-            kwargs["cwd"] = workspace
+            cwd = workspace
+        spec.cwd = self._workdir = cwd
+        kwargs["cwd"] = ISOLATED_CWD
+        _warn_if_workspace_on_sys_path(workspace, self.log)
+        starter = self._kernel_starter(broker)
+        if starter is not None:
+            contents = starter.manifest.data["contents"]
+            spec.write_paths = manifest_write_paths(contents.get("write", []), workspace, self.log)
+            spec.hide_patterns = list(contents.get("deny", []))
         home = os.path.realpath(os.path.expanduser("~"))
         spec.guard_top_level = home == workspace or home.startswith(workspace + os.sep)
         if os.geteuid() == 0:
@@ -107,13 +154,33 @@ class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
                         "minimum": spec.minimum,
                         "disabled": spec.disabled,
                         "kernel_uid": spec.kernel_uid,
+                        "write_paths": spec.write_paths,
+                        "hide_patterns": spec.hide_patterns,
                     },
                     "env": env_report,
                 },
                 "kernel_dir": str(self.kernel_dir),
+                # Read by Broker.kernel_starter (an agent token attaches only to kernels it
+                # started); carried into each launch's record, so a restart keeps it.
+                "starter": starter,
             },
         )
+        if starter is not None and not self._launched:
+            broker.note_agent(self.kernel_id, starter)  # its jobs are the agent's from the start
+        self._launched = True
         return await super().pre_launch(**kwargs)
+
+    def _kernel_starter(self, broker: Any) -> Any:
+        """The agent whose token started this kernel (agents.tokens.Agent), or None.
+
+        Decided at the first launch, from the request that started it; a restart (the REST
+        call, whoever makes it, or the automatic one after the kernel died, which runs in no
+        request) keeps it. Should jupyter_client ever make a new provisioner for a restart,
+        the broker's record of this kernel id still says who started it."""
+        if not self._launched:
+            known = broker.kernels.get(self.kernel_id)
+            self._starter = known.get("starter") if known is not None else current_agent()
+        return self._starter
 
     async def _preflight(self, broker: Any) -> None:
         """Refuse to start when this machine cannot give the minimum isolation; say which
@@ -139,15 +206,40 @@ class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
             raise web.HTTPError(503, message.replace("%", "%%"))
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+        # No descriptor of the server's: not its stdin (a terminal, perhaps), not its stdout or
+        # stderr (the log file: written into, truncated, or a terminal fed escape sequences).
+        # Pipes made here, for this process only, read on the event loop.
+        if self._output is None:
+            self._output = KernelOutput(
+                self.kernel_id,
+                self.log,
+                max_line_bytes=self.output_line_bytes,
+                max_lines_per_second=self.output_lines_per_second,
+            )
+        child_out, child_err = self._output.open()
+        kwargs.update(stdin=subprocess.DEVNULL, stdout=child_out, stderr=child_err)
         try:
-            return await super().launch_kernel(cmd, **kwargs)
+            info = await super().launch_kernel(cmd, **kwargs)
         finally:
-            # The kernel holds its end now; the server must not keep a copy of it.
+            # The kernel holds its ends now; the server must not keep copies of them (a pipe
+            # whose write end the server still held would never end).
+            os.close(child_out)
+            os.close(child_err)
             if self._child_sock is not None:
                 self._child_sock.close()
                 self._child_sock = None
+        # Where the kernel works, not where its interpreter started ("/"): what
+        # resolve_path() takes relative paths against.
+        self.cwd = self._workdir
+        return info
 
     async def cleanup(self, restart: bool = False) -> None:
+        if self._output is not None:
+            # The process is gone: show what it wrote last (the reason it died, often), then
+            # close this launch's pipes. The reader itself stays for the next launch.
+            self._output.close()
+            if not restart:
+                self._output = None
         await super().cleanup(restart=restart)
         try:
             broker = runtime.current()
@@ -158,6 +250,222 @@ class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
         if not restart and self.kernel_dir is not None:
             shutil.rmtree(self.kernel_dir, ignore_errors=True)
             self.kernel_dir = None
+
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def manifest_write_paths(patterns: list[str], workspace: str, log: Any) -> list[str] | None:
+    """The directories (or files) an agent's `contents.write` patterns cover, as Landlock can
+    grant them: the literal directory in front of each pattern's first wildcard (`agent/*` ->
+    `<workspace>/agent`), a plain path as it is, None (the whole workspace) as soon as one
+    pattern starts with a wildcard (`*`, `*.ipynb`: Landlock cannot express file-name globs).
+    A path that climbs out of the workspace or passes through a symlink grants nothing (a
+    rule on it would follow the link)."""
+    out: set[str] = set()
+    for pattern in patterns:
+        m = _GLOB_CHARS.search(pattern)
+        literal = pattern if m is None else pattern[: m.start()].rpartition("/")[0]
+        rel = normalize(literal)
+        if rel is None:
+            log.warning("qguard: manifest write pattern %r leaves the workspace: ignored", pattern)
+            continue
+        if rel == "":
+            return None
+        path = os.path.join(workspace, rel)
+        if _through_link(workspace, rel):
+            log.warning("qguard: manifest write path %s passes through a link: ignored", path)
+            continue
+        out.add(path)
+    return sorted(out)
+
+
+def _through_link(workspace: str, rel: str) -> bool:
+    path = workspace
+    for part in rel.split("/"):
+        path = os.path.join(path, part)
+        try:
+            if os.path.islink(path):
+                return True
+        except OSError:
+            return False
+        if not os.path.lexists(path):
+            return False  # the rest does not exist yet: nothing to follow
+    return False
+
+
+_warned_sys_path = False
+
+
+def _warn_if_workspace_on_sys_path(workspace: str, log: Any) -> None:
+    global _warned_sys_path
+    if _warned_sys_path:
+        return
+    found = workspace_on_sys_path(workspace)
+    if found:
+        _warned_sys_path = True
+        log.warning(
+            "qguard: this server imports from the workspace (sys.path has %s): it was started "
+            "as `python -m ...` or `python -c` from there, or with PYTHONPATH into it, so a "
+            "module an agent kernel writes there runs in the server at its next import or "
+            "start. Start it with `jupyter lab` / `jupyter server`, or `python -I -m ...`.",
+            ", ".join(repr(e) for e in found),
+        )
+
+
+# -- the kernel's stdout and stderr ----------------------------------------------------------
+
+# Shown escaped: C0 controls but tab (ESC, CR, BEL, backspace, ...), DEL, C1 controls, the line
+# and paragraph separators, and the bidi controls that reorder what a terminal shows.
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+_READ_BYTES = 65536
+# At cleanup, how much a pipe is read before it is closed (a writer that outlived the kernel
+# could otherwise keep it open forever).
+_DRAIN_BYTES = 1 << 20
+
+
+def neutralise(text: str) -> str:
+    """`text` with every control character or escape sequence shown escaped (`\\x1b`)."""
+
+    def show(m: re.Match[str]) -> str:
+        code = ord(m.group())
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _UNSAFE.sub(show, text)
+
+
+@dataclass
+class _Pipe:
+    name: str
+    level: int
+    line: bytearray = field(default_factory=bytearray)
+    cut: int = 0
+
+
+class KernelOutput:
+    """A kernel's stdout and stderr: pipes read on the event loop, shown in the server log.
+
+    Each line is logged as `kernel <id> stdout|stderr: <line>`, cut at `max_line_bytes` (saying
+    how many bytes were cut), with control characters and escape sequences shown escaped;
+    beyond `max_lines_per_second` lines are dropped, and how many is said once a second. Never
+    blocks: one non-blocking read per wake-up. One object per kernel; `open()` makes the pipes
+    of each launch, `close()` reads what is left and closes them."""
+
+    def __init__(
+        self, kernel_id: str, log: Any, *, max_line_bytes: int, max_lines_per_second: int
+    ) -> None:
+        self.kernel_id = kernel_id
+        self.log = log
+        self.max_line_bytes = max(1, max_line_bytes)
+        self.max_lines_per_second = max(1, max_lines_per_second)
+        self._pipes: dict[int, _Pipe] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._window = float("-inf")
+        self._in_window = 0
+        self._dropped = 0
+        self._report: asyncio.TimerHandle | None = None
+
+    def open(self) -> tuple[int, int]:
+        """New pipes for the next kernel process: its (stdout, stderr) descriptors."""
+        self._loop = asyncio.get_running_loop()
+        ends = []
+        for name, level in (("stdout", logging.INFO), ("stderr", logging.WARNING)):
+            read_end, write_end = os.pipe()  # both close-on-exec; Popen dup2s one onto 1 or 2
+            os.set_blocking(read_end, False)
+            self._pipes[read_end] = _Pipe(name, level)
+            self._loop.add_reader(read_end, self._readable, read_end)
+            ends.append(write_end)
+        return ends[0], ends[1]
+
+    def close(self) -> None:
+        """Show what is left in the pipes (the process is gone), then close them."""
+        for fd in list(self._pipes):
+            left = _DRAIN_BYTES
+            while left > 0 and fd in self._pipes:
+                left -= self._read(fd)
+            if fd in self._pipes:
+                self._end(fd)
+        self._report_dropped()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _readable(self, fd: int) -> None:
+        self._read(fd)
+
+    def _read(self, fd: int) -> int:
+        """One read; returns how many bytes it took (0 when nothing more comes now)."""
+        try:
+            data = os.read(fd, _READ_BYTES)
+        except BlockingIOError:
+            return _DRAIN_BYTES  # nothing buffered: stop draining
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                self.log.warning("qguard: kernel %s output: %s", self.kernel_id, exc)
+            data = b""
+        if not data:
+            self._end(fd)
+            return _DRAIN_BYTES
+        self._feed(self._pipes[fd], data)
+        return len(data)
+
+    def _feed(self, pipe: _Pipe, data: bytes) -> None:
+        parts = data.split(b"\n")
+        for i, part in enumerate(parts):
+            room = self.max_line_bytes - len(pipe.line)
+            if room > 0:
+                pipe.line += part[:room]
+            pipe.cut += max(0, len(part) - max(room, 0))
+            if i < len(parts) - 1:  # a newline followed this part
+                self._emit(pipe)
+
+    def _end(self, fd: int) -> None:
+        pipe = self._pipes.pop(fd)
+        if pipe.line or pipe.cut:
+            self._emit(pipe)  # a last line without its newline
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(fd)
+        os.close(fd)
+
+    # -- showing -------------------------------------------------------------------------
+
+    def _emit(self, pipe: _Pipe) -> None:
+        raw, cut = bytes(pipe.line), pipe.cut
+        pipe.line.clear()
+        pipe.cut = 0
+        if not self._admit():
+            return
+        text = neutralise(raw.decode("utf-8", "backslashreplace"))
+        if cut:
+            text += f"... ({cut} bytes cut)"
+        self.log.log(pipe.level, "kernel %s %s: %s", self.kernel_id, pipe.name, text)
+
+    def _admit(self) -> bool:
+        now = self._loop.time() if self._loop is not None else 0.0
+        if now - self._window >= 1.0:
+            self._report_dropped()
+            self._window, self._in_window = now, 0
+        if self._in_window < self.max_lines_per_second:
+            self._in_window += 1
+            return True
+        self._dropped += 1
+        if self._report is None and self._loop is not None:
+            self._report = self._loop.call_at(self._window + 1.0, self._report_dropped)
+        return False
+
+    def _report_dropped(self) -> None:
+        if self._report is not None:
+            self._report.cancel()
+            self._report = None
+        if self._dropped:
+            self.log.warning(
+                "kernel %s: %d lines of output dropped (more than %d a second)",
+                self.kernel_id,
+                self._dropped,
+                self.max_lines_per_second,
+            )
+            self._dropped = 0
 
 
 def sweep_stale_kernel_dirs(root: str) -> list[Path]:

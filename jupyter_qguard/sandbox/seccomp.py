@@ -1,6 +1,26 @@
 """The seccomp layer (libseccomp through pyseccomp): no sockets but AF_UNIX, no connect() at
 all (the broker channel is inherited), none of the calls that reach other processes or the
-kernel's attack surface, and any syscall of a foreign architecture kills the process."""
+kernel's attack surface, and any syscall of a foreign architecture kills the process.
+
+Two rules protect the people and tools that later touch what the agent wrote:
+
+- No symbolic links at all (`symlink`, `symlinkat`: EPERM). Inside the sandbox a link leads
+  nowhere new (Landlock checks the target), but trusted code outside follows it: jupyter_server
+  serves and writes through links (an agent token reading `link.json` got the credential it
+  pointed at), the watcher and the person's own editor, git and shell do too. Making every
+  such reader immune is needed anyway (and done server-side), but the person's own tools are
+  out of our reach: so the agent makes none. Hard links stay: a link to a file from outside
+  the workspace is refused by Landlock's REFER rule (EXDEV) and the mounts, and a hard link is
+  the same file, not a path that points elsewhere later.
+- No setuid or setgid bit, ever: chmod/fchmod/fchmodat/fchmodat2, open/openat/creat and
+  mknod/mknodat whose mode carries S_ISUID or S_ISGID get EPERM (the workspace is also mounted
+  nosuid for the kernel, but the person's own view of it is not). `openat2` passes its mode in
+  memory seccomp cannot read, so it answers ENOSYS and libc and runtimes fall back to openat,
+  which is checked. mkdir is not filtered: Linux ignores S_ISUID in mkdir's mode, and a setgid
+  directory only makes new files inherit its group (harmless; and the kernel sets that bit
+  itself under a setgid parent). chmod cannot tell a file from a directory, so `chmod g+s`
+  on a directory is refused too; nothing ordinary needs it in a notebook's folder.
+"""
 
 from __future__ import annotations
 
@@ -57,6 +77,22 @@ DENIED = (
     "clock_settime",
     "adjtimex",
     "uselib",
+    "symlink",
+    "symlinkat",
+)
+S_ISUID = 0o4000
+S_ISGID = 0o2000
+# (syscall, index of its mode argument)
+MODE_CALLS = (
+    ("chmod", 1),
+    ("fchmod", 1),
+    ("fchmodat", 2),
+    ("fchmodat2", 2),
+    ("open", 2),
+    ("openat", 3),
+    ("creat", 1),
+    ("mknod", 1),
+    ("mknodat", 2),
 )
 CLONE_NS_FLAGS = (
     0x00020000,
@@ -95,7 +131,17 @@ def apply() -> dict[str, Any]:
         except (OSError, ValueError):
             pass  # not a syscall on this architecture
     # clone3 passes its flags in memory seccomp cannot read: make libc fall back to clone.
+    # openat2 likewise hides its mode (a setuid bit) in memory: fall back to openat.
     f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    f.add_rule(sc.ERRNO(errno.ENOSYS), "openat2")
+    mode_rules = []
+    for name, arg in MODE_CALLS:
+        try:
+            for bit in (S_ISUID, S_ISGID):
+                f.add_rule(eperm, name, sc.Arg(arg, sc.MASKED_EQ, bit, bit))
+            mode_rules.append(name)
+        except (OSError, ValueError):
+            pass  # not a syscall on this architecture (open, creat, mknod on aarch64)
     for flag in CLONE_NS_FLAGS:
         f.add_rule(eperm, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
     for request in (TIOCSTI, TIOCLINUX):
@@ -112,5 +158,7 @@ def apply() -> dict[str, Any]:
         "socket": "AF_UNIX only",
         "connect": "denied",
         "denied": denied,
+        "setuid_setgid_modes": mode_rules,
+        "openat2": "ENOSYS",
         "foreign_arch": "kill",
     }

@@ -17,11 +17,14 @@ SPEC_VAR = "QGUARD_SANDBOX_SPEC"
 LAYERS = ("env", "nonroot", "namespaces", "idmap", "rlimits", "landlock", "seccomp")
 DEFAULT_MINIMUM = ("env", "nonroot", "landlock", "seccomp")
 
-# Relative to the workspace: places that make code run on someone's next start, kept read-only
-# inside the kernel even though the workspace around them is writable.
+# Every `.git` (directory or `gitdir:` file) at any depth of the workspace is read-only inside
+# the kernel and fixed in place (namespaces.protect_git): hooks, config, commondir, info/,
+# modules/ all run or steer what the person's git does next.
+GIT_NAME = ".git"
+
+# Relative to the workspace: other places that make code run on someone's next start, kept
+# read-only inside the kernel even though the workspace around them is writable.
 PROTECTED_NAMES = (
-    ".git/hooks",
-    ".git/config",
     ".jupyter",
     ".ipython",
     ".local",
@@ -57,12 +60,15 @@ class SandboxSpec:
     # entries that are not protected, and creates nothing new at the top.
     guard_top_level: bool = False
     # The folder the kernel works in (the notebook's). The interpreter starts elsewhere (a
-    # directory the agent cannot write) and enters it only once every layer is in force.
+    # directory the agent cannot write) and enters it only once every layer is in force;
+    # "" = it stays where it was started.
     cwd: str = ""
     # Started with an agent token: the directories (absolute, inside the workspace) its
     # manifest lets it write, as Landlock write rules instead of the whole workspace (None:
-    # the whole workspace), and the manifest's read `deny` patterns (workspace-relative
-    # fnmatch patterns, `*` matching `/` too), whose existing matches are hidden at start.
+    # the whole workspace; a missing one is created at start), and the manifest's read `deny`
+    # patterns (workspace-relative fnmatch patterns, `*` matching `/` too), whose existing
+    # matches are hidden in the kernel's mount namespace at start (without a mount namespace,
+    # a kernel with hide patterns does not start).
     write_paths: list[str] | None = None
     hide_patterns: list[str] = field(default_factory=list)
 

@@ -1,4 +1,5 @@
-"""Linux calls Python's os module lacks: unshare, mount, the new mount API, prctl, capget.
+"""Linux calls Python's os module lacks: unshare, mount, umount2, the new mount API, openat2,
+prctl, capget.
 
 Only what the sandbox needs, through libc. Numbers are those of the generic syscall table,
 which x86_64 and aarch64 share for these calls.
@@ -10,8 +11,11 @@ import ctypes
 import errno
 import os
 import platform
+import stat
 
 _libc = ctypes.CDLL(None, use_errno=True)  # the libc this interpreter already has loaded
+_libc.syscall.restype = ctypes.c_long
+_RESOLVE_STRICT = 0x02 | 0x04 | 0x08  # RESOLVE_NO_MAGICLINKS | NO_SYMLINKS | BENEATH
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -36,14 +40,24 @@ PR_SET_DUMPABLE = 4
 _MACHINE = platform.machine()
 SYS_open_tree = 428
 SYS_move_mount = 429
+SYS_openat2 = 437
 SYS_mount_setattr = 442
+AT_FDCWD = -100
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
-MOUNT_ATTR_IDMAP = 0x00100000
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+MNT_DETACH = 0x2
 MOUNT_ATTR_RDONLY = 0x00000001
+MOUNT_ATTR_NOSUID = 0x00000002
+MOUNT_ATTR_NODEV = 0x00000004
+MOUNT_ATTR_NOEXEC = 0x00000008
+MOUNT_ATTR_IDMAP = 0x00100000
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
 
 
 def _check(result: int, what: str) -> int:
@@ -69,6 +83,18 @@ def mount(
     )
 
 
+def fs_type(fd: int) -> int:
+    """f_type of the file system holding `fd` (fstatfs); 0 if it cannot be read."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes; f_type comes first
+    if _libc.fstatfs(ctypes.c_int(fd), buf) < 0:
+        return 0
+    return ctypes.c_long.from_buffer(buf).value
+
+
+def umount2(target: str, flags: int) -> None:
+    _check(_libc.umount2(os.fsencode(target), ctypes.c_int(flags)), f"umount {target}")
+
+
 def prctl(option: int, arg2: int = 0) -> int:
     return _check(
         _libc.prctl(
@@ -87,14 +113,61 @@ def _syscall(nr: int, *args: object, what: str) -> int:
     return _check(_libc.syscall(ctypes.c_long(nr), *args), what)
 
 
-def open_tree(path: str, flags: int) -> int:
+def open_tree(path: str, flags: int, dirfd: int = AT_FDCWD) -> int:
+    """A mount fd for `path` (relative to `dirfd`; "" with AT_EMPTY_PATH: `dirfd` itself)."""
     return _syscall(
         SYS_open_tree,
-        ctypes.c_int(-100),
+        ctypes.c_int(dirfd),
         os.fsencode(path),
         ctypes.c_uint(flags),
-        what=f"open_tree {path}",
+        what=f"open_tree {path or dirfd}",
     )
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_HOW_SIZE = ctypes.sizeof(_OpenHow)
+
+
+def open_beneath(root_fd: int, rel: str, flags: int) -> int:
+    """Open `rel` (relative, no `..`) below the directory `root_fd` without following a symlink
+    on any component, the last one included: the path is what the walk saw, or nothing.
+
+    openat2 with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS where the kernel
+    has it (5.6+); otherwise one openat(O_NOFOLLOW) per component, each relative to the last.
+    """
+    flags |= os.O_CLOEXEC | os.O_NOFOLLOW
+    rel = rel.strip("/") or "."
+    how = _OpenHow(flags, 0, _RESOLVE_STRICT)
+    fd = _libc.syscall(SYS_openat2, root_fd, rel.encode(), ctypes.byref(how), _HOW_SIZE)
+    if fd >= 0:
+        return fd
+    err = ctypes.get_errno()
+    if err != errno.ENOSYS:
+        raise OSError(err, f"openat2 {rel}: {os.strerror(err)}")
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise OSError(errno.EXDEV, f"{rel}: '..' leaves the tree")
+    current = os.dup(root_fd)
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            step = flags if last else os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            nxt = os.open(part, step, dir_fd=current)
+            os.close(current)
+            current = nxt
+            if last and stat.S_ISLNK(os.fstat(current).st_mode):  # O_PATH | O_NOFOLLOW: the link
+                raise OSError(errno.ELOOP, f"{rel}: a symbolic link")
+        if not parts:
+            nxt = os.open(".", flags & ~os.O_NOFOLLOW, dir_fd=current)
+            os.close(current)
+            current = nxt
+        return current
+    except BaseException:
+        os.close(current)
+        raise
 
 
 class _MountAttr(ctypes.Structure):
@@ -109,6 +182,9 @@ class _MountAttr(ctypes.Structure):
 def mount_setattr(
     mount_fd: int, attr_set: int, userns_fd: int = 0, recursive: bool = False
 ) -> None:
+    """Set attributes on the mount `mount_fd` (and, recursive, every mount below it). Only the
+    attributes named change: unlike a remount, nothing else of the mount must be restated (in
+    a user namespace, restating a locked flag wrongly is EPERM)."""
     attr = _MountAttr(attr_set=attr_set, userns_fd=userns_fd)
     flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
     _syscall(
@@ -131,10 +207,24 @@ def move_mount(mount_fd: int, target: str) -> None:
         SYS_move_mount,
         ctypes.c_int(mount_fd),
         b"",
-        ctypes.c_int(-100),
+        ctypes.c_int(AT_FDCWD),
         os.fsencode(target),
         ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
         what=f"move_mount {target}",
+    )
+
+
+def move_mount_onto(mount_fd: int, target_fd: int, what: str) -> None:
+    """Attach `mount_fd` on the very file or directory `target_fd` (an O_PATH fd) names: no
+    path is resolved again, so nothing can be swapped in between."""
+    _syscall(
+        SYS_move_mount,
+        ctypes.c_int(mount_fd),
+        b"",
+        ctypes.c_int(target_fd),
+        b"",
+        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
+        what=f"move_mount {what}",
     )
 
 

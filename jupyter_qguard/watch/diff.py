@@ -7,7 +7,13 @@
   (HTML, JavaScript, images, even plain text) never enters the result, so showing a diff can never
   run or leak what a kernel rendered. Notebook and cell metadata: the names of the keys changed.
 * `text`: a unified diff (difflib), capped in lines and bytes (`truncated: True` when cut).
-* `binary`: sizes and SHA-256 before and after (also for text too large to diff; `reason`).
+* `binary`: sizes and SHA-256 before and after (also for text too large to diff, or a notebook
+  too large or with too many cells to align; `reason`).
+* `entry` (`entry_diff`): a change where a link, FIFO, socket or device was or is: what was
+  there and what is (a link's text), never anything read through it.
+
+Inputs are snapshots from the store (bytes the watcher read through workspace_io, capped),
+never a workspace path: nothing here opens a file.
 
 Every result has `path`, `kind`, `status` (created/deleted/modified/unchanged), `before` and
 `after` (`{"size", "sha256"}` or None) and `truncated`. Strings in it are file content or names
@@ -41,6 +47,9 @@ MAX_LINE_CHARS = 2000
 MAX_INPUT_BYTES = 4 * 1024 * 1024
 # nbdime aligns a differing run of a x b cells only while a * b stays under this.
 NBDIME_MAX_PAIRS = 100
+# Above these, a notebook is summarised like binary: parsing and aligning must stay bounded.
+MAX_NOTEBOOK_BYTES = 32 * 1024 * 1024
+MAX_CELLS = 10_000
 _MAX_OUTPUT_ITEMS = 50
 _MAX_NAME_CHARS = 100
 
@@ -94,9 +103,15 @@ def diff(
     }
     budget = _Budget(max_lines, max_bytes)
     if path.endswith(".ipynb"):
+        if any(d is not None and len(d) > MAX_NOTEBOOK_BYTES for d in (before, after)):
+            result["reason"] = "too_large"
+            return result
         nb_before = _parse_notebook(before)
         nb_after = _parse_notebook(after)
         if nb_before is not None and nb_after is not None:
+            if max(len(nb_before["cells"]), len(nb_after["cells"])) > MAX_CELLS:
+                result["reason"] = "too_large"
+                return result
             result.update(kind="notebook", **_notebook_diff(nb_before, nb_after, budget))
             result["truncated"] = budget.truncated
             return result
@@ -123,6 +138,42 @@ def diff(
     result.update(kind="text", lines=shown, added=added, removed=removed)
     result["truncated"] = budget.truncated
     return result
+
+
+def entry_diff(change: dict[str, Any]) -> dict[str, Any]:
+    """A change (the tracker's record of it) where a link, FIFO, socket or device was or is:
+    what was at the path before and after, `{"entry_type", "link_target"}` for those and
+    `{"entry_type": "file", "size", "sha256"}` for a file; nothing is read."""
+
+    def side(entry: str | None, target: str | None, sha: str | None, size: int | None) -> Any:
+        if entry is None:
+            return None
+        if entry == "file":
+            return {"entry_type": "file", "size": size, "sha256": sha}
+        shown = None if target is None else _name_long(target)
+        return {"entry_type": _name(entry), "link_target": shown}
+
+    before = side(
+        change.get("before_entry_type"),
+        change.get("before_link_target"),
+        change.get("before_sha"),
+        change.get("before_size"),
+    )
+    after = side(
+        change.get("entry_type"),
+        change.get("link_target"),
+        change.get("after_sha"),
+        change.get("size"),
+    )
+    status = "created" if before is None else "deleted" if after is None else "modified"
+    return {
+        "path": _clean(str(change.get("path", ""))),
+        "kind": "entry",
+        "status": status,
+        "before": before,
+        "after": after,
+        "truncated": False,
+    }
 
 
 # -- helpers shared by all kinds ------------------------------------------------------------
@@ -489,6 +540,11 @@ def _clean(text: str) -> str:
 def _name(value: Any) -> str:
     text = _clean(value if isinstance(value, str) else str(value))
     return text if len(text) <= _MAX_NAME_CHARS else text[:_MAX_NAME_CHARS] + "…"
+
+
+def _name_long(value: str) -> str:
+    text = _clean(value)
+    return text if len(text) <= MAX_LINE_CHARS else text[:MAX_LINE_CHARS] + "…"
 
 
 def _small_int(value: Any) -> int | None:

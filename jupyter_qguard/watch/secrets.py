@@ -18,8 +18,14 @@ What is scanned:
   is not valid JSON (for instance half-written) is scanned as plain text.
 - Not scanned, and reported in `ScanReport.skipped` with a reason: binary files (a NUL byte in
   the first 8 KiB, or an extension detect-secrets treats as binary), files over `max_bytes`,
-  lock files (their hashes are all high-entropy strings), symlinks (see `_walk`), special
-  files, unreadable files. Notebook cell attachments (base64 images) are not scanned.
+  lock files (their hashes are all high-entropy strings), symlinks and paths through one (never
+  followed), special files, unreadable files. Notebook cell attachments (base64 images) are not
+  scanned.
+- Every read goes through `jupyter_qguard.workspace_io`: no link is followed on any component
+  (a folder swapped for a link to `~/.aws` is refused, not read), only regular files are opened
+  (O_NONBLOCK, fstat first: a FIFO cannot hang the scan), within `max_bytes`. The walk lists at
+  most `max_entries` entries and enters at most MAX_DEPTH levels; beyond, the report is
+  `truncated`.
 
 Nothing here logs, and no secret value leaves this module: a `Finding` carries the location, the
 detect-secrets type and a keyed fingerprint, never the value or the text of its line. An error
@@ -105,11 +111,24 @@ from detect_secrets.util.code_snippet import get_code_snippet  # noqa: E402
 if warnings.showwarning is not _showwarning:
     logging.captureWarnings(False)
 
+from .. import workspace_io as wio  # noqa: E402
 from .watcher import DEFAULT_IGNORE as WATCHER_DEFAULT_IGNORE  # noqa: E402
 
-# The watcher's defaults (editor and VCS state, caches), and its matching rules (_Ignore), so
-# that a scan and the change feed leave out the same files.
-DEFAULT_IGNORE = WATCHER_DEFAULT_IGNORE
+# Bytecode and git's internal state: the change feed shows them (a person's tools run them),
+# but a workspace scan never walks them, whatever `ignore` says (the server passes the
+# watcher's patterns): no text a person wrote is there, and a repository's objects would only
+# use up `max_files` (then the scan is cut short and, in block mode, the kernel refused).
+NOT_SCANNED: tuple[str, ...] = (
+    "__pycache__/*",
+    "*/__pycache__/*",
+    "*.pyc",
+    ".git/*",
+    "*/.git/*",
+)
+# The watcher's defaults (editor scratch state), with its matching rules (_Ignore).
+DEFAULT_IGNORE: tuple[str, ...] = (*WATCHER_DEFAULT_IGNORE, *NOT_SCANNED)
+# Folders deeper than this are not entered (the report is then truncated).
+MAX_DEPTH = 64
 
 FINGERPRINT_HEX = 12
 
@@ -615,18 +634,6 @@ def _text_filename(rel: str) -> str:
     return rel + ".ini" if _DOTENV.match(name) else rel
 
 
-def _inside(root_real: str, path: str) -> bool:
-    return path == root_real or path.startswith(root_real.rstrip("/") + "/")
-
-
-def _opened_path(fd: int) -> str | None:
-    """The real path of an open file (Linux /proc), immune to symlink swaps after the open."""
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return None
-
-
 def _normalise(rel: str) -> str | None:
     parts = PurePosixPath(rel.replace(os.sep, "/")).parts
     if not parts or parts[0] == "/" or ".." in parts:
@@ -634,68 +641,42 @@ def _normalise(rel: str) -> str | None:
     return "/".join(p for p in parts if p != ".") or None
 
 
-def _read(root_real: str, rel: str, max_bytes: int, report: ScanReport) -> bytes | None:
-    """The file's bytes, or None after recording why it was skipped."""
-    path = os.path.join(root_real, rel)
+_SKIP_BY_CODE = {
+    "symlink": (SYMLINK, "not followed"),
+    "outside": (OUTSIDE, "not a path inside the workspace"),
+    "not_regular": (NOT_REGULAR, ""),
+    "missing": (MISSING, ""),
+}
+
+
+def _read(rfd: int, rel: str, max_bytes: int, report: ScanReport) -> bytes | None:
+    """The file's bytes, or None after recording why it was skipped. Opened through
+    workspace_io: no link followed on any component, regular files only, without blocking."""
     try:
-        link = stat.S_ISLNK(os.lstat(path).st_mode)
-    except FileNotFoundError:
-        report.skipped.append(SkippedFile(rel, MISSING))
-        return None
-    except OSError as exc:
-        report.skipped.append(SkippedFile(rel, UNREADABLE, errno.errorcode.get(exc.errno, "")))
-        return None
-    # O_NONBLOCK: opening a FIFO an agent left behind must not hang the server.
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if link else os.O_NOFOLLOW)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            report.skipped.append(SkippedFile(rel, MISSING))
-        elif exc.errno == errno.ELOOP:  # replaced by a symlink since the lstat
-            report.skipped.append(SkippedFile(rel, SYMLINK))
-        else:
-            report.skipped.append(SkippedFile(rel, UNREADABLE, errno.errorcode.get(exc.errno, "")))
+        opened = wio.open_regular(rfd, rel, max_bytes=None)
+    except wio.UnsafeWorkspacePath as exc:
+        reason, detail = _SKIP_BY_CODE.get(exc.code, (UNREADABLE, ""))
+        if reason == UNREADABLE:
+            detail = exc.why.removeprefix("cannot be read (").removesuffix(")")
+        report.skipped.append(SkippedFile(rel, reason, detail))
         return None
     try:
-        real = _opened_path(fd) or os.path.realpath(path)
-        if not _inside(root_real, real):
-            report.skipped.append(SkippedFile(rel, OUTSIDE, "resolves outside the workspace"))
+        size = opened.st.st_size
+        if size > max_bytes:
+            report.skipped.append(SkippedFile(rel, TOO_LARGE, f"{size} bytes > {max_bytes}"))
             return None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            report.skipped.append(SkippedFile(rel, NOT_REGULAR))
-            return None
-        if st.st_size > max_bytes:
-            detail = f"{st.st_size} bytes > {max_bytes}"
-            report.skipped.append(SkippedFile(rel, TOO_LARGE, detail))
-            return None
-        # Up to one byte past max_bytes, to tell a file that grew since the fstat. The first
-        # read is sized to the file: a larger buffer costs its allocation on every small file.
-        limit = max_bytes + 1
-        chunks = []
-        total = 0
-        want = min(st.st_size + 1, limit)
-        while total < limit:
-            chunk = os.read(fd, want)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            want = min(1 << 16, limit - total)
-        data = b"".join(chunks)
-        if len(data) > max_bytes:
-            report.skipped.append(SkippedFile(rel, TOO_LARGE, f"more than {max_bytes} bytes"))
-            return None
-        return data
+        return wio.read_opened(opened, rel, max_bytes=max_bytes)
+    except wio.UnsafeWorkspacePath:  # grew past the limit while being read
+        report.skipped.append(SkippedFile(rel, TOO_LARGE, f"more than {max_bytes} bytes"))
+        return None
     except OSError as exc:
         report.skipped.append(SkippedFile(rel, UNREADABLE, errno.errorcode.get(exc.errno, "")))
         return None
     finally:
-        os.close(fd)
+        os.close(opened.fd)
 
 
-def _scan_one(root_real: str, rel: str, max_bytes: int, report: ScanReport) -> None:
+def _scan_one(rfd: int, rel: str, max_bytes: int, report: ScanReport) -> None:
     norm = _normalise(rel)
     if norm is None:
         report.skipped.append(SkippedFile(rel, OUTSIDE, "not a path inside the workspace"))
@@ -707,7 +688,7 @@ def _scan_one(root_real: str, rel: str, max_bytes: int, report: ScanReport) -> N
     if os.path.splitext(rel)[1] in IGNORED_FILE_EXTENSIONS:
         report.skipped.append(SkippedFile(rel, BINARY, "file type"))
         return
-    data = _read(root_real, rel, max_bytes, report)
+    data = _read(rfd, rel, max_bytes, report)
     if data is None:
         return
     if b"\0" in data[:_BINARY_SNIFF]:
@@ -739,14 +720,13 @@ def _sort_key(f: Finding) -> tuple[Any, ...]:
 
 
 def scan_file(root: Path, rel: str, *, max_bytes: int) -> ScanReport:
-    """Scan one file, `rel` relative to `root`. A symlink is followed only to a target inside
-    the workspace. Whether skipped or scanned, the answer is a ScanReport (files_scanned 0 or 1)
-    so that a change event is handled like a workspace scan."""
+    """Scan one file, `rel` relative to `root`. A symlink (or a path through one) is never
+    followed: skipped as SYMLINK. Whether skipped or scanned, the answer is a ScanReport
+    (files_scanned 0 or 1) so that a change event is handled like a workspace scan."""
     start = time.perf_counter()
     report = ScanReport()
-    root_real = os.path.realpath(root)
-    with _engine():
-        _scan_one(root_real, rel, max_bytes, report)
+    with _engine(), wio.root_fd(root) as rfd:
+        _scan_one(rfd, rel, max_bytes, report)
     report.findings.sort(key=_sort_key)
     report.seconds = time.perf_counter() - start
     return report
@@ -777,38 +757,38 @@ def _compile_fnmatch(patterns: list[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
 
 
-def _walk(root_real: str, ignore: _Ignore, report: ScanReport) -> Iterator[str]:
-    """Relative paths of the regular files under the root, in sorted depth-first order. Symlinks
-    are never followed: a target inside the workspace is scanned under its own path, and one
-    outside is not the agent's to read (the sandbox resolves links before allowing a read)."""
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        try:
-            with os.scandir(os.path.join(root_real, rel_dir)) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            detail = errno.errorcode.get(exc.errno or 0, "")
-            report.skipped.append(SkippedFile(rel_dir or ".", UNREADABLE, detail))
+def _walk(root: Path, ignore: _Ignore, report: ScanReport, max_entries: int) -> Iterator[str]:
+    """Relative paths of the regular files under the root, in sorted depth-first order (a
+    folder's files, then its subfolders in turn). Symlinks are never followed: a target inside
+    the workspace is scanned under its own path, and one outside is not the agent's to read
+    (the sandbox resolves links before allowing a read)."""
+
+    def error(rel_dir: str, exc: OSError) -> None:
+        detail = errno.errorcode.get(exc.errno or 0, "")
+        reason = SYMLINK if exc.errno == errno.ELOOP else UNREADABLE
+        report.skipped.append(SkippedFile(rel_dir or ".", reason, detail))
+
+    walk = wio.walk(
+        root,
+        max_entries=max_entries,
+        max_depth=MAX_DEPTH,
+        sort=True,
+        enter=lambda rel, _st: not ignore.entry(rel, rel.rpartition("/")[2], True),
+        on_error=error,
+    )
+    for rel, st in walk:
+        name = rel.rpartition("/")[2]
+        mode = st.st_mode
+        if stat.S_ISDIR(mode) or ignore.entry(rel, name, False):
             continue
-        subdirs = []
-        for entry in entries:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            try:
-                is_dir = entry.is_dir(follow_symlinks=False)
-                if ignore.entry(rel, entry.name, is_dir):
-                    continue
-                if entry.is_symlink():
-                    report.skipped.append(SkippedFile(rel, SYMLINK, "not followed"))
-                elif is_dir:
-                    subdirs.append(rel)
-                elif entry.is_file(follow_symlinks=False):
-                    yield rel
-                else:
-                    report.skipped.append(SkippedFile(rel, NOT_REGULAR))
-            except OSError:
-                report.skipped.append(SkippedFile(rel, UNREADABLE))
-        stack.extend(reversed(subdirs))
+        if stat.S_ISLNK(mode):
+            report.skipped.append(SkippedFile(rel, SYMLINK, "not followed"))
+        elif stat.S_ISREG(mode):
+            yield rel
+        else:
+            report.skipped.append(SkippedFile(rel, NOT_REGULAR))
+    if walk.truncated:
+        report.truncated = True
 
 
 def scan_workspace(
@@ -817,22 +797,26 @@ def scan_workspace(
     ignore: Sequence[str] = DEFAULT_IGNORE,
     max_bytes: int,
     max_files: int,
+    max_entries: int | None = None,
 ) -> ScanReport:
     """Scan every file under `root` not matched by `ignore` (the watcher's patterns and rules,
-    see _Ignore). At most `max_files` files are
-    looked at (scanned or skipped for size or type); beyond that the report is `truncated`, and
-    a blocking check should treat it as not passed."""
+    see _Ignore) nor by NOT_SCANNED. At most `max_files` files are looked at (scanned or skipped
+    for size or type), and at most `max_entries` entries listed (default: ten per file allowed,
+    at least 100,000), folders at most MAX_DEPTH deep; beyond that the report is `truncated`,
+    and a blocking check should treat it as not passed."""
     start = time.perf_counter()
     report = ScanReport()
-    root_real = os.path.realpath(root)
+    if max_entries is None:
+        max_entries = max(10 * max_files, 100_000)
     seen = 0
-    with _engine():
-        for rel in _walk(root_real, _Ignore(ignore), report):
+    with _engine(), wio.root_fd(root) as rfd:
+        rules = _Ignore(list(dict.fromkeys([*ignore, *NOT_SCANNED])))
+        for rel in _walk(root, rules, report, max_entries):
             if seen >= max_files:
                 report.truncated = True
                 break
             seen += 1
-            _scan_one(root_real, rel, max_bytes, report)
+            _scan_one(rfd, rel, max_bytes, report)
     report.findings.sort(key=_sort_key)
     report.seconds = time.perf_counter() - start
     return report

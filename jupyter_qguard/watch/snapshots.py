@@ -10,15 +10,23 @@ reads, so an object damaged on disk is reported, never served as if it were the 
 
 "Least recently used" is tracked through the object's mtime, which `put` (of content already
 stored) and `get` bump: atime is unreliable (relatime, noatime mounts).
+
+The store never reads the workspace (the watcher hands it bytes it read through workspace_io),
+and it does not trust its own directory blindly either: objects are opened O_NOFOLLOW and
+O_NONBLOCK and read only if they are regular files within the per-object cap, and a shard
+directory that is a link is refused, so that even a store misplaced where a kernel can write
+never serves, or writes through, something planted there.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Iterable
@@ -158,10 +166,9 @@ class SnapshotStore:
         if not is_sha256(sha):
             raise SnapshotNotFound(sha)
         path = self._path(sha)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise SnapshotNotFound(sha) from None
+        data = self._read(path)
+        if data is None:
+            raise SnapshotNotFound(sha)
         if hashlib.sha256(data).hexdigest() != sha:
             log.error("snapshot %s is corrupt; removing it", sha)
             self._remove(path)
@@ -222,6 +229,34 @@ class SnapshotStore:
         return PruneResult(removed, freed, self.size_total())
 
     # -- internals -------------------------------------------------------------------------
+
+    def _read(self, path: Path) -> bytes | None:
+        """An object's bytes; None if absent, or not a regular file within the cap (a link,
+        a FIFO, something grown: never followed, never waited on, never served)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENXIO):
+                log.error("snapshot store: %s is not a regular file; ignoring it", path.name)
+                return None
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > self.max_object_bytes:
+                log.error("snapshot store: %s is not a regular object; ignoring it", path.name)
+                return None
+            parts = []
+            total = 0
+            while chunk := os.read(fd, max(st.st_size - total, 0) + 1):
+                parts.append(chunk)
+                total += len(chunk)
+                if total > self.max_object_bytes:
+                    return None
+            return b"".join(parts)
+        finally:
+            os.close(fd)
 
     def _path(self, sha: str) -> Path:
         return self.root / sha[:2] / sha
@@ -284,6 +319,8 @@ class SnapshotStore:
 
 
 def _make_private_dir(path: Path) -> None:
+    if path.is_symlink():
+        raise OSError(errno.ELOOP, "the snapshot store will not use a link as a directory", path)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     # mkdir's mode passes through the umask and leaves existing dirs alone: set it explicitly.
     if (path.stat().st_mode & 0o777) != 0o700:

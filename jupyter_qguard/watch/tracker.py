@@ -7,6 +7,16 @@ of the kernels (execution state and last activity, which the server's kernel man
 from the kernel's messages): when in doubt the agent is named, since wrongly blaming the agent
 is safer than wrongly clearing it. Root-mode kernels run as a uid of their own, so there a file
 owned by a kernel's uid also names the agent.
+
+Alerts: an agent kernel's change to a file a person's own tools run later (bytecode, `.git`,
+`conftest.py`, `Makefile`, `.vscode/`...: toolfiles.TOOL_FILES) raises an alert event naming
+the file and why it matters.
+
+Reverts write through `workspace_io.write_beneath`: every folder on the way is opened without
+following links and the file is renamed into place relative to its folder's descriptor, so a
+revert never writes through a link nor outside the workspace. Restoring under a folder that is
+now a link is refused with a sentence saying so; a link (or FIFO...) now at the file's own path
+is removed (never followed) and the file put back in its place.
 """
 
 from __future__ import annotations
@@ -14,21 +24,33 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
-import tempfile
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..broker.filehash import WorkspacePathError, resolve_in_workspace
+from .. import workspace_io as wio
 from .snapshots import SnapshotNotFound, SnapshotStore
-from .watcher import Change, WorkspaceWatcher
+from .toolfiles import alert_text, tool_file
+from .watcher import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ENTRIES, Change, WorkspaceWatcher
 
 log = logging.getLogger("jupyter_qguard.watch")
 
 # A kernel whose last activity is this close before a change's first event counts as its author:
 # the write and the kernel's final "idle" can arrive in either order.
 ACTIVITY_SLACK_SECONDS = 1.0
+# Alerts for tool files, one per file, at most this many from one batch (an agent's `git init`
+# writes dozens of files); the rest are named together in one more alert.
+MAX_TOOL_ALERTS = 20
+_ENTRY_WORDS = {
+    "directory": "a folder",
+    "symlink": "a symbolic link",
+    "fifo": "a FIFO",
+    "socket": "a socket",
+    "char_device": "a character device",
+    "block_device": "a block device",
+    "other": "a special file",
+}
 
 
 class ChangeError(ValueError):
@@ -49,6 +71,8 @@ class ChangeTracker:
         max_file_bytes: int,
         max_total_bytes: int,
         max_age_seconds: float,
+        max_entries: int | None = DEFAULT_MAX_ENTRIES,
+        max_depth: int | None = DEFAULT_MAX_DEPTH,
     ) -> None:
         self.broker = broker
         self.root = str(Path(root).resolve())
@@ -67,6 +91,8 @@ class ChangeTracker:
             ignore=ignore,
             debounce_seconds=debounce_seconds,
             max_file_bytes=max_file_bytes,
+            max_entries=max_entries,
+            max_depth=max_depth,
         )
 
     async def start(self) -> None:
@@ -78,6 +104,15 @@ class ChangeTracker:
             self.root,
             self.watcher.initial_scan_seconds,
         )
+        if self.watcher.truncated:
+            self.broker.events.publish(
+                {
+                    "type": "alert",
+                    "kind": "watch_limit",
+                    "message": "the change feed does not cover the whole workspace: the "
+                    f"watcher {self.watcher.truncated}",
+                }
+            )
 
     async def stop(self) -> None:
         if self._loop is not None:
@@ -129,6 +164,10 @@ class ChangeTracker:
                     "moved_from": c.moved_from,
                     "moved_to": c.moved_to,
                     "reverts": reverts,
+                    "entry_type": c.entry_type,
+                    "before_entry_type": c.before_entry_type,
+                    "link_target": c.link_target,
+                    "before_link_target": c.before_link_target,
                 }
             )
         try:
@@ -141,9 +180,50 @@ class ChangeTracker:
             reverting = self._reverting.get(row["path"])
             if reverting is not None and not reverting[2].done():
                 reverting[2].set_result(row)
+        self._alert_tool_files(stored)
         await self.broker.void_for_changes(stored)
         await self._scan_changed([r["path"] for r in stored if r["after_sha"]])
         return stored
+
+    def _alert_tool_files(self, rows: list[dict[str, Any]]) -> None:
+        """An agent kernel changed a file a person's own tools run later: say which, and why
+        that matters (toolfiles.TOOL_FILES)."""
+        found = []
+        for row in rows:
+            if not str(row["actor"]).startswith("kernel:"):
+                continue
+            rule = tool_file(row["path"])
+            if rule is not None:
+                found.append((row, rule))
+        for row, rule in found[:MAX_TOOL_ALERTS]:
+            self.broker.events.publish(
+                {
+                    "type": "alert",
+                    "kind": "tool_file",
+                    "path": row["path"],
+                    "change": row["id"],
+                    "actor": row["actor"],
+                    "kernels": row["kernels"],
+                    "tool": rule.tool,
+                    "message": alert_text(
+                        row["path"], row["kind"], rule, row.get("entry_type", "file")
+                    ),
+                }
+            )
+        rest = found[MAX_TOOL_ALERTS:]
+        if rest:
+            paths = [row["path"] for row, _ in rest]
+            self.broker.events.publish(
+                {
+                    "type": "alert",
+                    "kind": "tool_file",
+                    "paths": paths[:100],
+                    "changes": [row["id"] for row, _ in rest][:100],
+                    "actor": rest[0][0]["actor"],
+                    "message": f"agent kernel changed {len(rest)} more files that the "
+                    f"person's own tools run, among them {', '.join(paths[:5])}",
+                }
+            )
 
     async def _scan_changed(self, paths: list[str]) -> None:
         """A likely secret written into the workspace (where agent kernels read) raises an
@@ -207,8 +287,19 @@ class ChangeTracker:
             raise ChangeError("this version's snapshot was pruned (older than kept)") from None
 
     def _diff(self, change: dict[str, Any]) -> dict[str, Any]:
-        from .diff import diff
+        from .diff import diff, entry_diff
 
+        before_entry = change.get("before_entry_type", "file")
+        after_entry = change.get("entry_type", "file")
+        if not {before_entry, after_entry} <= {"file", None}:
+            # A link, FIFO...: what was there and what is, never anything read through it.
+            return entry_diff(change)
+        if change["before_sha"] is None and change["after_sha"] is None:
+            return {
+                "path": change["path"],
+                "unavailable": "no content was read on either side of this change (a link, "
+                "FIFO, socket or device, or a file over the size limit or unreadable)",
+            }
         try:
             before = self._content(change["before_sha"], change["before_stored"])
             after = self._content(change["after_sha"], change["after_stored"])
@@ -222,9 +313,11 @@ class ChangeTracker:
         change = await self.broker._db(self.broker.store.change, change_id)
         if change is None:
             raise KeyError(change_id)
+        path = change["path"]
+        if change["kind"] != "created" and change["before_sha"] is None:
+            raise ChangeError(_unknown_before(change))
         before = self._content(change["before_sha"], change["before_stored"])
         loop = asyncio.get_running_loop()
-        path = change["path"]
         if path in self._reverting:
             raise ChangeError(f"{path} is being reverted already")
         done: asyncio.Future[dict[str, Any]] = loop.create_future()
@@ -244,25 +337,52 @@ class ChangeTracker:
         return {"reverted": change_id, "change": recorded}
 
     def _write_back(self, rel: str, content: bytes | None) -> None:
+        """Write `content` at `rel` (None: remove what is there), never through a link."""
         try:
-            path = resolve_in_workspace(self.root, rel)
-        except WorkspacePathError as exc:
+            rel = wio.normalize(rel)
+        except wio.UnsafeWorkspacePath as exc:
             raise ChangeError(str(exc)) from None
-        if content is None:
-            path.unlink(missing_ok=True)
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Atomic: the file is never seen half-restored.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".qguard-revert-")
+        blocked = self._blocked_parent(rel)
+        if blocked is not None:
+            raise ChangeError(blocked)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(content)
-            if path.exists():
-                os.chmod(tmp, path.stat().st_mode & 0o7777)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            if content is not None:
+                current = wio.lstat_beneath(self.root, rel)
+                if current is not None and not (
+                    stat.S_ISREG(current.st_mode) or stat.S_ISDIR(current.st_mode)
+                ):
+                    # A link, FIFO... where the file was: removed (a link itself, never its
+                    # target), so that the file can be put back in its place.
+                    wio.write_beneath(self.root, rel, None)
+            # Atomic, and relative to descriptors opened without following links: a folder
+            # swapped for a link after the check above is refused here, not written through.
+            wio.write_beneath(self.root, rel, content)
+        except wio.UnsafeWorkspacePath as exc:
+            raise ChangeError(
+                self._blocked_parent(rel) or f"{rel} was not restored: it {exc.why}"
+            ) from None
+        except OSError as exc:
+            raise ChangeError(f"{rel} was not restored: {exc.strerror or exc}") from None
+
+    def _blocked_parent(self, rel: str) -> str | None:
+        """Why `rel` cannot be written (a folder on the way is now a link, or not a folder), as
+        the sentence the person sees; None when every folder there is a real one (or missing,
+        then created as a real one)."""
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            st = wio.lstat_beneath(self.root, prefix)
+            if st is None:
+                return None
+            if stat.S_ISLNK(st.st_mode):
+                return (
+                    f"{rel} was not restored: {prefix} is now a symbolic link, and a revert "
+                    "never writes through a link; remove or rename the link, then revert again"
+                )
+            if not stat.S_ISDIR(st.st_mode):
+                what = _ENTRY_WORDS.get(wio.entry_type(st.st_mode), "a file")
+                return f"{rel} was not restored: {prefix} is now {what}, not a folder"
+        return None
 
     async def prune(self) -> None:
         since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.max_age_seconds)
@@ -281,3 +401,16 @@ class ChangeTracker:
 
 def _utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, dt.UTC)
+
+
+def _unknown_before(change: dict[str, Any]) -> str:
+    before = change.get("before_entry_type", "file")
+    if before not in ("file", None):
+        return (
+            f"{change['path']} was {_ENTRY_WORDS.get(before, 'a special file')} before this "
+            "change; a revert restores file contents only, never a link or a special file"
+        )
+    return (
+        f"{change['path']}: its content before this change was never read (the file was over "
+        "the size limit, unreadable, or not a regular file), so it cannot be restored"
+    )

@@ -48,18 +48,30 @@ reported, and their content becomes the new "before". Changes made *while* `paus
 runs may be absorbed rather than reported. The broker's re-hash before submission is what
 guards approvals; this is about what the change feed shows.
 
-Not tracked: symlinks (never followed: one could point anywhere, say /dev/zero), FIFOs and other
-non-regular files, permissions, empty directories. A file that exists but cannot be read is
-reported `modified` with `after_sha` None. If the kernel's inotify queue overflows (events lost),
-the watcher rescans the whole tree.
+The workspace is untrusted
+-------------------------
+Every look at it goes through `jupyter_qguard.workspace_io` (see `entries.py`): no link is
+followed on any component, directories are entered only as directories (a folder swapped for a
+link is seen as a link and never entered: its target's files are neither read nor stored), only
+regular files are opened (O_NONBLOCK, fstat first: a FIFO never blocks the watcher). Links,
+FIFOs, sockets and devices are entries of their own (`entry_type`, and a link's text in
+`link_target`), never read. Bytecode, `.git` and the other files a person's own tools run later
+(`toolfiles.TOOL_FILES`) are always watched, whatever the ignore patterns say; `.git` object
+files (content-addressed by git itself) are hashed, not stored.
+
+Bounded: a walk lists at most `max_entries` entries and enters at most `max_depth` levels
+(`truncated` then says so), a file over `max_hash_bytes` is known by its stat signature only
+(never read: a sparse terabyte costs nothing), and more than `max_pending` distinct touched
+paths turn into one rescan instead of a queue that grows with the agent's loop.
+
+Not tracked: permissions, empty directories. A file that exists but cannot be read is reported
+`modified` with `after_sha` None. If the kernel's inotify queue overflows (events lost), the
+watcher rescans the whole tree.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fnmatch
-import hashlib
 import logging
 import os
 import re
@@ -70,6 +82,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -88,24 +101,23 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
+from .. import workspace_io as wio
+from .entries import Known, observe, sig, trusted_sig
+from .ignore import DEFAULT_IGNORE, IgnoreRules
 from .snapshots import DEFAULT_MAX_OBJECT_BYTES, SnapshotStore
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["created", "modified", "deleted"]
 
-DEFAULT_IGNORE: tuple[str, ...] = (
-    ".ipynb_checkpoints/*",
-    "*/.ipynb_checkpoints/*",
-    "__pycache__/*",
-    "*/__pycache__/*",
-    "*.pyc",
-    ".git/*",
-    "*/.git/*",
-    "*.swp",
-    "*~",
-    ".~*",
-)
+DEFAULT_MAX_ENTRIES = 200_000
+DEFAULT_MAX_DEPTH = 64
+DEFAULT_MAX_PENDING = 50_000
+DEFAULT_MAX_HASH_BYTES = 1 << 30
+
+# Object files git addresses by their own content (loose objects, packs, LFS objects): in the
+# feed, hashed, but not copied into the snapshot store (a repository's history would fill it).
+_HASH_ONLY = re.compile(r"(?:^|.*/)\.git/(?:.*/)?(?:objects|lfs)/")
 
 # Only what can change content. Opens, reads and closes without writing are left out of the
 # inotify mask, so the watcher reading a file does not wake itself up.
@@ -120,26 +132,20 @@ _EVENT_FILTER: list[type[FileSystemEvent]] = [
     DirMovedEvent,
 ]
 
-# A stat signature taken this soon after the file's ctime may not change on the next write (the
-# kernel's timestamps are coarse): such a file is re-read by the next rescan ("racily clean").
-_RACY_NS = 2_000_000_000
-_CHUNK = 1024 * 1024
-
-# A stat signature: hash((inode, size, mtime_ns, ctime_ns)), one int instead of a 4-tuple of
-# big ints (~170 bytes a file less); a collision would need two stats of one file to collide.
-Sig = int
-
 
 @dataclass(frozen=True)
 class Change:
-    """One change of one file, between what the watcher last knew and what it saw.
+    """One change of one entry (a file, or a link, FIFO... at that path), between what the
+    watcher last knew and what it saw.
 
     `before_sha`/`after_sha` are SHA-256 of the bytes (the snapshot store's keys; not the
     broker's code-cell hash of notebooks). `*_stored` says whether that content is in the store
     (False: over the size cap, or unreadable). `size` is the size after (None once deleted).
     `at` is the wall-clock time of the first event of the burst, `seen_at` when the content was
     read. A move yields a `deleted` change with `moved_to` and a `created`/`modified` change with
-    `moved_from`, delivered in the same callback.
+    `moved_from`, delivered in the same callback. Hashes, sizes and `*_stored` describe a
+    file's content: for a link, FIFO, socket or device they are None/False, and
+    `entry_type`/`before_entry_type` (and `link_target`) say what was there.
     """
 
     path: str
@@ -154,22 +160,16 @@ class Change:
     seen_at: float
     moved_from: str | None = None
     moved_to: str | None = None
+    # What is at the path after / before ("file", "symlink", "fifo", "socket", "char_device",
+    # "block_device", "other"; None where nothing is), and a link's text. Only files have
+    # content (hashes, sizes of content, snapshots); the others are never opened.
+    entry_type: str | None = "file"
+    before_entry_type: str | None = "file"
+    link_target: str | None = None
+    before_link_target: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-class _Known:
-    """What the watcher knows of one file. `sha` None: over the cap and not hashed yet, or
-    unreadable. `sig` None: re-read it on the next rescan instead of trusting stat."""
-
-    __slots__ = ("sha", "sig", "size", "stored")
-
-    def __init__(self, sha: str | None, size: int, sig: Sig | None, stored: bool) -> None:
-        self.sha = sha
-        self.size = size
-        self.sig = sig
-        self.stored = stored
 
 
 @dataclass
@@ -179,45 +179,6 @@ class _Pending:
     deadline: float
     moved_from: str | None = None
     moved_to: str | None = None
-
-
-class _IgnoreRules:
-    """fnmatch patterns relative to the root. A pattern with a "/" is matched against the
-    relative path (a directory is also tried as "dir/", so ".git/*" drops the .git directory
-    itself); one without is matched against every path component, as in .gitignore, so "*.swp"
-    or ".~*" apply at any depth. A file under an ignored directory is ignored."""
-
-    def __init__(self, patterns: Iterable[str], excluded: Iterable[str] = ()) -> None:
-        full = [p for p in patterns if "/" in p]
-        base = [p for p in patterns if "/" not in p]
-        self._full = _compile(full)
-        self._base = _compile(base)
-        self._excluded = tuple(excluded)
-
-    def ignored(self, rel: str, is_dir: bool) -> bool:
-        for prefix in self._excluded:
-            if rel == prefix or rel.startswith(prefix + "/"):
-                return True
-        parts = rel.split("/")
-        last = len(parts) - 1
-        for i, name in enumerate(parts):
-            if self._base is not None and self._base.match(name):
-                return True
-            if self._full is None:
-                continue
-            prefix = "/".join(parts[: i + 1])
-            if i == last and not is_dir:
-                if self._full.match(prefix):
-                    return True
-            elif self._full.match(prefix + "/") or (i == last and self._full.match(prefix)):
-                return True
-        return False
-
-
-def _compile(patterns: list[str]) -> re.Pattern[str] | None:
-    if not patterns:
-        return None
-    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
 
 
 class _Handler(FileSystemEventHandler):
@@ -251,6 +212,10 @@ class WorkspaceWatcher:
         debounce_seconds: float = 0.2,
         max_delay_seconds: float = 2.0,
         max_file_bytes: int | None = None,
+        max_hash_bytes: int | None = DEFAULT_MAX_HASH_BYTES,
+        max_entries: int | None = DEFAULT_MAX_ENTRIES,
+        max_depth: int | None = DEFAULT_MAX_DEPTH,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         self.root = Path(root).resolve()
         self._root = str(self.root)
@@ -263,18 +228,27 @@ class WorkspaceWatcher:
                 store.max_object_bytes if store is not None else DEFAULT_MAX_OBJECT_BYTES
             )
         self.max_file_bytes = max_file_bytes
+        self.max_hash_bytes = max_hash_bytes
+        self.max_entries = max_entries
+        self.max_depth = max_depth
+        self.max_pending = max_pending
+        # Why the last walk did not cover the whole tree (a sentence), or None.
+        self.truncated: str | None = None
         excluded = []
         if store is not None:
             # The store inside the workspace would watch itself grow: never look at it.
             rel = self._rel(str(Path(store.root).resolve()))
             if rel is not None:
                 excluded.append(rel)
-        self._rules = _IgnoreRules(DEFAULT_IGNORE if ignore is None else ignore, excluded)
+        self._rules = IgnoreRules(DEFAULT_IGNORE if ignore is None else ignore, excluded)
 
-        self._known: dict[str, _Known] = {}  # touched by the worker thread only (and start())
+        self._known: dict[str, Known] = {}  # touched by the worker thread only (and start())
         self._cond = threading.Condition()
         self._pending: dict[tuple[str, bool], _Pending] = {}
         self._next_wake = float("inf")
+        # Set (a monotonic deadline) when touched paths beyond max_pending were dropped: a
+        # rescan at that time finds what they were.
+        self._flood_rescan_at: float | None = None
         self._commands: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._accepting = False
         self._paused = False
@@ -349,13 +323,24 @@ class WorkspaceWatcher:
         return hashes
 
     def known(self, path: str) -> tuple[str | None, int] | None:
-        """(sha, size) the watcher holds for a relative path, or None if it knows no such file."""
+        """(sha, size) the watcher holds for a relative path, or None if it knows no such entry
+        (for a link, FIFO... sha is None: see `known_entry`)."""
 
         def get() -> tuple[str | None, int] | None:
             entry = self._known.get(path)
             return None if entry is None else (entry.sha, entry.size)
 
         found: tuple[str | None, int] | None = self._call(get)
+        return found
+
+    def known_entry(self, path: str) -> tuple[str, str | None] | None:
+        """(entry type, link text) the watcher holds for a relative path, or None."""
+
+        def get() -> tuple[str, str | None] | None:
+            entry = self._known.get(path)
+            return None if entry is None else (entry.entry, entry.target)
+
+        found: tuple[str, str | None] | None = self._call(get)
         return found
 
     @property
@@ -394,6 +379,15 @@ class WorkspaceWatcher:
         now = time.monotonic()
         with self._cond:
             entry = self._pending.get((rel, is_dir))
+            if entry is None and len(self._pending) >= self.max_pending:
+                # An agent creating files in a loop must not grow this without bound: what is
+                # dropped here, one rescan finds (bounded by max_entries).
+                if self._flood_rescan_at is None:
+                    self._flood_rescan_at = now + self.max_delay_seconds
+                    if self._flood_rescan_at < self._next_wake:
+                        self._next_wake = self._flood_rescan_at
+                        self._cond.notify_all()
+                return
             if entry is None:
                 entry = _Pending(time.time(), now, 0.0)
                 self._pending[(rel, is_dir)] = entry
@@ -443,6 +437,10 @@ class WorkspaceWatcher:
                         return
                     now = time.monotonic()
                     if not self._paused:
+                        if self._flood_rescan_at is not None and self._flood_rescan_at <= now:
+                            self._flood_rescan_at = None
+                            command = (self._logged_rescan, Future())
+                            break
                         due = self._take_due(now)
                         if due:
                             break
@@ -476,6 +474,8 @@ class WorkspaceWatcher:
                 if partner is not None and (partner, key[1]) in self._pending:
                     stack.append((partner, key[1]))
         self._next_wake = min((e.deadline for e in self._pending.values()), default=float("inf"))
+        if self._flood_rescan_at is not None:
+            self._next_wake = min(self._next_wake, self._flood_rescan_at)
         return list(taken.items())
 
     def _take_all(self) -> list[tuple[tuple[str, bool], _Pending]]:
@@ -483,15 +483,28 @@ class WorkspaceWatcher:
             items = list(self._pending.items())
             self._pending.clear()
             self._next_wake = float("inf")
+            if self._flood_rescan_at is not None:
+                self._next_wake = self._flood_rescan_at
         return items
+
+    def _take_flood(self) -> bool:
+        """Whether touched paths were dropped (max_pending) since the last rescan; clears it."""
+        with self._cond:
+            flooded = self._flood_rescan_at is not None
+            self._flood_rescan_at = None
+        return flooded
 
     def _flush_everything(self) -> None:
         if not self._paused:
-            self._deliver(self._reconcile_pending(self._take_all()))
+            changes = self._reconcile_pending(self._take_all())
+            if self._take_flood():
+                changes += self._scan(report=True)
+            self._deliver(changes)
 
     def _do_pause(self) -> None:
         if self._paused:
             return
+        self._take_flood()  # the scan below covers what was dropped
         changes = self._reconcile_pending(self._take_all())
         changes += self._scan(report=True)
         self._paused = True
@@ -503,6 +516,7 @@ class WorkspaceWatcher:
             return
         self._accepting = True
         self._take_all()
+        self._take_flood()
         self._scan(report=False)
         self._paused = False
 
@@ -564,39 +578,41 @@ class WorkspaceWatcher:
                 for found, _st in self._walk(rel):
                     files.setdefault(found, entry)
         changes: list[Change] = []
-        for rel in sorted(files):
-            change = self._reconcile(rel, files[rel].first_wall)
-            if change is not None:
-                changes.append(change)
+        with self._root_fd() as rfd:
+            for rel in sorted(files):
+                change = self._reconcile(rfd, rel, files[rel].first_wall)
+                if change is not None:
+                    changes.append(change)
         return _link_moves(changes, files)
 
-    def _reconcile(self, rel: str, at: float) -> Change | None:
+    def _reconcile(self, rfd: int, rel: str, at: float) -> Change | None:
         known = self._known.get(rel)
-        if known is not None and known.sha is None and known.sig is not None:
+        if known is not None and known.is_file and known.sha is None and known.sig is not None:
             # Over the cap and never hashed: reading gigabytes to find the stat was only touched
             # is not worth it; an unchanged stat signature means unchanged.
-            st = _lstat(self._abs(rel))
-            if st is not None and stat.S_ISREG(st.st_mode) and _sig(st) == known.sig:
+            st = wio.lstat_at(rfd, rel)
+            if st is not None and stat.S_ISREG(st.st_mode) and sig(st) == known.sig:
                 return None
-        seen = self._observe(rel, durable=True)
+        seen = self._observe(rfd, rel, durable=True)
         return self._record(rel, known, seen, at, time.time())
 
     def _record(
-        self, rel: str, known: _Known | None, seen: _Known | None, at: float, seen_at: float
+        self, rel: str, known: Known | None, seen: Known | None, at: float, seen_at: float
     ) -> Change | None:
         """Update the known state of `rel` and say what changed."""
         if seen is None:
             if known is None:
                 return None
             del self._known[rel]
-            return Change(
-                rel, "deleted", known.sha, None, None, known.size, known.stored, False, at, seen_at
-            )
+            return _change(rel, "deleted", known, None, at, seen_at)
         self._known[rel] = seen
         if known is None:
-            return Change(
-                rel, "created", None, seen.sha, seen.size, None, False, seen.stored, at, seen_at
-            )
+            return _change(rel, "created", None, seen, at, seen_at)
+        if not (known.is_file and seen.is_file):
+            # A link, FIFO...: only what it is (and where a link points) can change.
+            if (known.entry, known.target) == (seen.entry, seen.target):
+                return None
+            return _change(rel, "modified", known, seen, at, seen_at)
         if known.sha is not None and known.sha == seen.sha:
             return None
         if (
@@ -606,20 +622,14 @@ class WorkspaceWatcher:
             and known.sig == seen.sig
         ):
             return None
-        return Change(
-            rel,
-            "modified",
-            known.sha,
-            seen.sha,
-            seen.size,
-            known.size,
-            known.stored,
-            seen.stored,
-            at,
-            seen_at,
-        )
+        return _change(rel, "modified", known, seen, at, seen_at)
 
     # -- scanning and reading --------------------------------------------------------------
+
+    @contextmanager
+    def _root_fd(self) -> Iterator[int]:
+        with wio.root_fd(self._root) as rfd:
+            yield rfd
 
     def _scan(self, *, report: bool, initial: bool = False) -> list[Change]:
         """Walk the tree and bring the known state up to date. Files whose stat signature is
@@ -629,104 +639,118 @@ class WorkspaceWatcher:
         changes: list[Change] = []
         seen: set[str] = set()
         wrote = False
-        for rel, st in self._walk(""):
-            seen.add(rel)
-            known = self._known.get(rel)
-            if known is not None and known.sig is not None and known.sig == _sig(st):
-                continue
-            if initial and st.st_size > self.max_file_bytes:
-                self._known[rel] = _Known(None, st.st_size, _trusted_sig(st), False)
-                continue
-            observed = self._observe(rel, durable=False, st=st)
-            wrote = wrote or (observed is not None and observed.stored)
-            change = self._record(rel, known, observed, now, time.time())
-            if change is not None and report:
-                changes.append(change)
-        for rel in [k for k in self._known if k not in seen]:
-            # Gone since the walk's listing, or now something we do not track.
-            observed = self._observe(rel, durable=False)
-            wrote = wrote or (observed is not None and observed.stored)
-            change = self._record(rel, self._known.get(rel), observed, now, time.time())
-            if change is not None and report:
-                changes.append(change)
+        with self._root_fd() as rfd:
+            walk = self._walk("")
+            for rel, st in walk:
+                seen.add(rel)
+                known = self._known.get(rel)
+                if known is not None and known.sig is not None and known.sig == sig(st):
+                    continue
+                if (
+                    initial
+                    and stat.S_ISREG(st.st_mode)
+                    and (st.st_size > self.max_file_bytes or _HASH_ONLY.match(rel))
+                ):
+                    self._known[rel] = Known(None, st.st_size, trusted_sig(st), False)
+                    continue
+                observed = self._observe(rfd, rel, durable=False, st=st)
+                wrote = wrote or (observed is not None and observed.stored)
+                change = self._record(rel, known, observed, now, time.time())
+                if change is not None and report:
+                    changes.append(change)
+            self.truncated = walk.truncated
+            for rel in [k for k in self._known if k not in seen]:
+                # Gone since the walk's listing (or beyond where a bounded walk stopped).
+                observed = self._observe(rfd, rel, durable=False)
+                wrote = wrote or (observed is not None and observed.stored)
+                change = self._record(rel, self._known.get(rel), observed, now, time.time())
+                if change is not None and report:
+                    changes.append(change)
         if wrote and self._store is not None:
             self._store.flush()
         return changes
 
-    def _walk(self, rel_dir: str) -> Iterator[tuple[str, os.stat_result]]:
-        """Regular files under `rel_dir` (recursively), skipping ignored paths and symlinks."""
-        stack = [rel_dir]
-        while stack:
-            current = stack.pop()
-            try:
-                entries = list(os.scandir(self._abs(current) if current else self._root))
-            except (FileNotFoundError, NotADirectoryError, PermissionError):
-                continue
-            for entry in entries:
-                rel = f"{current}/{entry.name}" if current else entry.name
-                try:
-                    if entry.is_symlink():
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        if not self._rules.ignored(rel, True):
-                            stack.append(rel)
-                        continue
-                    if not entry.is_file(follow_symlinks=False) or self._rules.ignored(rel, False):
-                        continue
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                yield rel, st
+    def _walk(self, rel_dir: str) -> _Entries:
+        """Every entry but directories under `rel_dir` (recursively), skipping ignored paths;
+        links are entries, never entered (workspace_io.walk). Bounded: see the module docs."""
+        return _Entries(self, rel_dir)
 
     def _observe(
-        self, rel: str, *, durable: bool, st: os.stat_result | None = None
-    ) -> _Known | None:
-        """The file as it is now (None: absent or not a regular file); its content goes to the
-        store if it fits under the cap. `st`: the walk's lstat of it, if there is one."""
-        path = self._abs(rel)
-        if st is None:
-            st = _lstat(path)
-        if st is None or not stat.S_ISREG(st.st_mode):
-            # Only regular files: never open a FIFO (that would unblock its writer), a device
-            # or a symlink's target.
-            return None
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:  # replaced by a symlink since the lstat
-                return None
-            log.warning("workspace watcher: cannot read %s: %s", rel, exc.strerror)
-            return _Known(None, st.st_size, _trusted_sig(st), False)
-        try:
-            fst = os.fstat(fd)
-            if not stat.S_ISREG(fst.st_mode):
-                return None
-            # stat before read: a write after the stat changes ctime, so the next rescan
-            # cannot mistake stale bytes for current ones.
-            sig = _trusted_sig(fst)
-            head = _read_upto(fd, self.max_file_bytes + 1, fst.st_size)
-            if len(head) <= self.max_file_bytes:
-                if self._store is not None:
-                    put = self._store.put(head, durable=durable)
-                    return _Known(put.sha256, put.size, sig, put.stored)
-                return _Known(hashlib.sha256(head).hexdigest(), len(head), sig, False)
-            digest = hashlib.sha256(head)
-            size = len(head)
-            del head
-            while chunk := os.read(fd, _CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-            return _Known(digest.hexdigest(), size, sig, False)
-        except OSError as exc:
-            log.warning("workspace watcher: cannot read %s: %s", rel, exc.strerror)
-            return _Known(None, st.st_size, _trusted_sig(st), False)
-        finally:
-            os.close(fd)
+        self, rfd: int, rel: str, *, durable: bool, st: os.stat_result | None = None
+    ) -> Known | None:
+        """The entry as it is now (None: absent, a directory, or only reachable through a
+        link); a file's content goes to the store if it fits under the cap."""
+        return observe(
+            rfd,
+            rel,
+            store=self._store,
+            max_file_bytes=self.max_file_bytes,
+            max_hash_bytes=self.max_hash_bytes,
+            durable=durable,
+            keep=not _HASH_ONLY.match(rel),
+            st=st,
+        )
 
-    def _abs(self, rel: str) -> str:
-        return os.path.join(self._root, rel)
+
+class _Entries:
+    """The watcher's walk: workspace_io.walk without ignored paths and directories, and with
+    the watcher's bounds; `truncated` as the walk's."""
+
+    def __init__(self, watcher: WorkspaceWatcher, rel_dir: str) -> None:
+        rules = watcher._rules
+        self._rules = rules
+        self._walk = wio.walk(
+            watcher._root,
+            under=rel_dir,
+            max_entries=watcher.max_entries,
+            max_depth=watcher.max_depth,
+            enter=lambda rel, _st: not rules.ignored(rel, True),
+        )
+        self.truncated: str | None = None
+
+    def __iter__(self) -> Iterator[tuple[str, os.stat_result]]:
+        try:
+            for rel, st in self._walk:
+                if stat.S_ISDIR(st.st_mode) or self._rules.ignored(rel, False):
+                    continue
+                yield rel, st
+        except FileNotFoundError:  # the workspace itself is gone
+            pass
+        self.truncated = self._walk.truncated
+        if self.truncated:
+            log.warning("workspace watcher: the walk %s", self.truncated)
+
+
+def _change(
+    rel: str, kind: Kind, before: Known | None, after: Known | None, at: float, seen_at: float
+) -> Change:
+    """A change from `before` to `after` (None: nothing there); content fields are a file's."""
+
+    def content(k: Known | None) -> tuple[str | None, int | None, bool]:
+        if k is None:
+            return None, None, False
+        if not k.is_file:
+            return None, None, False
+        return k.sha, k.size, k.stored
+
+    b_sha, b_size, b_stored = content(before)
+    a_sha, a_size, a_stored = content(after)
+    return Change(
+        rel,
+        kind,
+        b_sha,
+        a_sha,
+        a_size,
+        b_size,
+        b_stored,
+        a_stored,
+        at,
+        seen_at,
+        entry_type=None if after is None else after.entry,
+        before_entry_type=None if before is None else before.entry,
+        link_target=None if after is None else after.target,
+        before_link_target=None if before is None else before.target,
+    )
 
 
 def _link_moves(changes: list[Change], pending: dict[str, _Pending]) -> list[Change]:
@@ -757,38 +781,6 @@ def _has_ancestor_in(rel: str, dirs: dict[str, Any]) -> bool:
             return True
         cut = rel.rfind("/", 0, cut)
     return False
-
-
-def _sig(st: os.stat_result) -> Sig:
-    return hash((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-
-
-def _trusted_sig(st: os.stat_result) -> Sig | None:
-    """The signature, or None when taken too soon after the file's last change to be trusted."""
-    return None if time.time_ns() - st.st_ctime_ns < _RACY_NS else _sig(st)
-
-
-def _lstat(path: str) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
-def _read_upto(fd: int, limit: int, size_hint: int) -> bytes:
-    """Up to `limit` bytes; a file of the size fstat gave is read in one call."""
-    parts = []
-    total = 0
-    want = min(limit, size_hint + 1) if size_hint < 16 * _CHUNK else _CHUNK
-    while total < limit:
-        asked = min(want, limit - total)
-        chunk = os.read(fd, asked)
-        parts.append(chunk)
-        total += len(chunk)
-        if len(chunk) < asked:
-            break  # a short read of a regular file is its end
-        want = _CHUNK
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 # -- inotify queue overflow ----------------------------------------------------------------

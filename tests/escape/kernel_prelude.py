@@ -108,3 +108,35 @@ def outcome(fn):
     ):
         return value
     return ["ok", value if isinstance(value, (bool, int, str, type(None))) else repr(value)[:200]]
+
+
+def mount_options(path):
+    """The per-mount options (ro, nosuid, nodev, ...) of the topmost mount at `path`, read from
+    /proc/self/mountinfo (later lines are mounted on top of earlier ones); None if no mount
+    sits there."""
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == path:
+                found = fields[5].split(",")
+    return found
+
+
+def import_from_workspace(name):
+    """Write NAME.py in the working directory and import it: [its value, whether a
+    __pycache__ appeared beside it, whether its bytecode is under sys.pycache_prefix]."""
+    import importlib
+    import importlib.util
+
+    path = os.path.join(os.getcwd(), name + ".py")
+    with open(path, "w") as f:
+        f.write("VALUE = 7\n")
+    importlib.invalidate_caches()
+    module = importlib.import_module(name)
+    cached = importlib.util.cache_from_source(path)
+    return [
+        module.VALUE,
+        os.path.isdir("__pycache__"),
+        cached.startswith(sys.pycache_prefix + "/") and os.path.exists(cached),
+    ]

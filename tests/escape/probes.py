@@ -213,15 +213,11 @@ PROBES: dict[str, tuple[str, list, list]] = {
         E("EROFS"),
         E("EROFS"),
     ),
-    "symlink_out_then_write": (
-        "(os.symlink('/etc/hosts', 'hosts-link'), write('hosts-link'))",
-        E("EACCES"),
-        E("EACCES"),
-    ),
+    # the workspace is a mount of its own for the kernel: a link from outside crosses mounts
     "hardlink_in_from_outside": (
         "os.link('/etc/hostname', 'hostname-link')",
         E("EXDEV"),
-        E("EPERM"),
+        E("EXDEV"),
     ),
     "child_write_tmp": (
         "in_child(\"write('/tmp/qguard-escape-child')\")",
@@ -232,6 +228,194 @@ PROBES: dict[str, tuple[str, list, list]] = {
         "sys_call('openat', -100, b'/etc/qguard-escape', 0o101, 0o644)",
         E("EACCES"),
         E("EACCES"),
+    ),
+    # -- symlinks: trusted readers outside would follow them, so the agent makes none ---------
+    "symlink_out_then_write": (
+        "(os.symlink('/etc/hosts', 'hosts-link'), write('hosts-link'))",
+        E("EPERM"),
+        E("EPERM"),
+    ),
+    "symlink_to_credentials": (
+        "os.symlink({home!r} + '/.qiskit/qiskit-ibm.json', 'link.json')",
+        E("EPERM"),
+        E("EPERM"),
+    ),
+    "symlink_inside_workspace": (
+        "os.symlink('escape-ok.txt', 'inside-link')",
+        E("EPERM"),
+        E("EPERM"),
+    ),
+    "symlinkat_ctypes": (
+        "sys_call('symlinkat', b'/etc/passwd', -100, b'ctypes-link')",
+        E("EPERM"),
+        E("EPERM"),
+    ),
+    "symlink_ctypes": (
+        "sys_call('symlink', b'/etc/passwd', b'ctypes-link2')",
+        E("EPERM"),
+        E("EPERM"),
+    ),
+    "child_symlink": (
+        "in_child(\"os.symlink('/etc/hosts', 'child-link')\")",
+        E("EPERM"),
+        E("EPERM"),
+    ),
+    "hardlink_inside_still_works": (
+        "(write('hl-src'), os.link('hl-src', 'hl-dst'), os.stat('hl-dst').st_nlink)[2]",
+        OK(2),
+        OK(2),
+    ),
+    # -- setuid / setgid: no such bit is set, and the workspace mount ignores them -------------
+    "chmod_setuid": ("(write('mode-u'), os.chmod('mode-u', 0o4755))", E("EPERM"), E("EPERM")),
+    "chmod_setgid": ("(write('mode-g'), os.chmod('mode-g', 0o2755))", E("EPERM"), E("EPERM")),
+    "chmod_setgid_dir": ("(os.mkdir('dir-g'), os.chmod('dir-g', 0o2775))", E("EPERM"), E("EPERM")),
+    "fchmod_setuid": (
+        "(write('mode-f'), os.fchmod(os.open('mode-f', os.O_RDONLY), 0o4755))",
+        E("EPERM"),
+        E("EPERM"),
+    ),
+    "fchmodat_setuid_ctypes": (
+        "(write('mode-a'), sys_call('fchmodat', -100, b'mode-a', 0o4755))",
+        E("EPERM"),
+        E("EPERM"),
+    ),
+    "fchmodat2_setuid_ctypes": (
+        "(write('mode-c'), sys_call('fchmodat2', -100, b'mode-c', 0o4755, 0))",
+        E("EPERM"),
+        E("EPERM"),
+    ),
+    "child_chmod_setuid": (
+        "in_child(\"(write('mode-k'), os.chmod('mode-k', 0o4755))\")",
+        E("EPERM"),
+        E("EPERM"),
+    ),
+    "open_create_setuid": (
+        "os.open('suid-new', os.O_CREAT | os.O_WRONLY, 0o4755)",
+        E("EPERM"),
+        E("EPERM"),
+    ),
+    "open_create_setgid": (
+        "os.open('sgid-new', os.O_CREAT | os.O_WRONLY, 0o2755)",
+        E("EPERM"),
+        E("EPERM"),
+    ),
+    "openat_create_setuid_ctypes": (
+        "sys_call('openat', -100, b'suid-at', 0o101, 0o4755)",
+        E("EPERM"),
+        E("EPERM"),
+    ),
+    "creat_setuid_ctypes": ("sys_call('creat', b'suid-creat', 0o4755)", E("EPERM"), E("EPERM")),
+    "mknod_setuid": ("os.mknod('suid-node', 0o100000 | 0o4755)", E("EPERM"), E("EPERM")),
+    # its mode would be out of seccomp's sight: libc and runtimes fall back to openat
+    "openat2_falls_back": (
+        "sys_call('openat2', -100, b'escape-ok.txt', 0, 0)",
+        E("ENOSYS"),
+        E("ENOSYS"),
+    ),
+    "chmod_plain_still_works": (
+        "(write('mode-p'), os.chmod('mode-p', 0o750), oct(os.stat('mode-p').st_mode & 0o7777))[2]",
+        OK("0o750"),
+        OK("0o750"),
+    ),
+    "workspace_mount_nosuid_nodev": (
+        "all(o in mount_options({workspace!r}) for o in ('nosuid', 'nodev', 'rw'))",
+        OK(True),
+        OK(True),
+    ),
+    # -- .git at any depth: read-only, and fixed in place --------------------------------------
+    "git_nested_mount_read_only": (
+        "'ro' in mount_options({workspace!r} + '/proj/.git')",
+        OK(True),
+        OK(True),
+    ),
+    "git_commondir_create": (
+        "write('proj/.git/commondir', b'../../evil')",
+        E("EROFS"),
+        E("EROFS"),
+    ),
+    "git_top_commondir_create": ("write('.git/commondir', b'../evil')", E("EROFS"), E("EROFS")),
+    "git_info_create": ("write('proj/.git/info/x')", E("EROFS"), E("EROFS")),
+    "git_info_exclude_write": ("write('proj/.git/info/exclude')", E("EROFS"), E("EROFS")),
+    "git_nested_config_write": ("write('proj/.git/config')", E("EROFS"), E("EROFS")),
+    "git_nested_hook_create": ("write('proj/.git/hooks/post-checkout')", E("EROFS"), E("EROFS")),
+    "git_modules_config_write": ("write('proj/.git/modules/sub/config')", E("EROFS"), E("EROFS")),
+    "git_submodule_gitdir_file_write": (
+        "write('proj/sub/.git', b'gitdir: /tmp/evil')",
+        E("EROFS"),
+        E("EROFS"),
+    ),
+    "git_submodule_gitdir_file_unlink": ("os.unlink('proj/sub/.git')", E("EBUSY"), E("EBUSY")),
+    "git_deep_config_write": ("write('deep/a/b/repo/.git/config')", E("EROFS"), E("EROFS")),
+    "git_separate_gitdir_config_write": ("write('store/config')", E("EROFS"), E("EROFS")),
+    "git_separate_gitdir_rename": ("os.rename('store', 'store-away')", E("EBUSY"), E("EBUSY")),
+    "git_rename_top": ("os.rename('.git', 'git-away')", E("EBUSY"), E("EBUSY")),
+    "git_rename_nested": ("os.rename('proj/.git', 'proj/git-away')", E("EBUSY"), E("EBUSY")),
+    "git_rmdir_nested": ("os.rmdir('proj/.git')", E("EBUSY"), E("EBUSY")),
+    "git_replace_by_rename_over": (
+        "(os.mkdir('proj/fake-git'), os.rename('proj/fake-git', 'proj/.git'))",
+        E("EBUSY"),
+        E("EBUSY"),
+    ),
+    "git_rename_repo_folder": ("os.rename('proj', 'proj-away')", E("EBUSY"), E("EBUSY")),
+    "git_rename_submodule_folder": (
+        "os.rename('proj/sub', 'proj/sub-away')",
+        E("EBUSY"),
+        E("EBUSY"),
+    ),
+    "git_rename_deep_ancestor": ("os.rename('deep/a', 'deep/a-away')", E("EBUSY"), E("EBUSY")),
+    "git_rename_deep_repo_folder": (
+        "os.rename('deep/a/b/repo', 'deep/a/b/repo-away')",
+        E("EBUSY"),
+        E("EBUSY"),
+    ),
+    "git_child_write_commondir": (
+        "in_child(\"write('proj/.git/commondir')\")",
+        E("EROFS"),
+        E("EROFS"),
+    ),
+    # a writable second name for a file of .git: across mounts, so no
+    "git_hardlink_config_out": (
+        "os.link('proj/.git/config', 'config-alias')",
+        E("EXDEV"),
+        E("EXDEV"),
+    ),
+    "git_work_tree_still_writable": ("write('proj/work.txt', b'ok')", OK("written"), OK("written")),
+    # the price of fixing a repository's folder in place: moves across it are between mounts
+    "rename_into_repo_folder": (
+        "(write('move-me'), os.rename('move-me', 'proj/move-me'))",
+        E("EXDEV"),
+        E("EXDEV"),
+    ),
+    # -- the interpreter: isolated, bytecode outside the workspace ----------------------------
+    "interpreter_isolated": ("sys.flags.isolated", OK(1), OK(1)),
+    "cwd_on_sys_path": ("'' in sys.path", OK(True), OK(True)),
+    "pycache_prefix_in_kernel_dir": (
+        "sys.pycache_prefix == {kernel_dir!r} + '/pycache'",
+        OK(True),
+        OK(True),
+    ),
+    # child interpreters write no bytecode at all (and read the installed trees' caches)
+    "children_write_no_bytecode": (
+        "(os.environ.get('PYTHONDONTWRITEBYTECODE'), os.environ.get('PYTHONPYCACHEPREFIX'))",
+        OK(["1", None]),
+        OK(["1", None]),
+    ),
+    "child_import_from_workspace_leaves_no_pycache": (
+        "in_child(\"(write('qg_child_mod.py', b'V = 3'), __import__('qg_child_mod').V, "
+        "sys.dont_write_bytecode, os.path.isdir('__pycache__'))\")",
+        OK(["written", 3, True, False]),
+        OK(["written", 3, True, False]),
+    ),
+    "import_from_workspace_leaves_no_pycache": (
+        "repr(import_from_workspace('qg_probe_mod'))",
+        OK("[7, False, True]"),
+        OK("[7, False, True]"),
+    ),
+    "stdlib_bytecode_stays_in_place": (
+        "__import__('importlib.util').util.cache_from_source(os.__file__).startswith("
+        "os.path.dirname(os.__file__) + '/__pycache__/')",
+        OK(True),
+        OK(True),
     ),
     # -- what must keep working ----------------------------------------------------------------
     "write_workspace": ("write('escape-ok.txt', b'fine')", OK("written"), OK("written")),

@@ -50,6 +50,7 @@ class FakeCloud:
     def start(self) -> FakeCloud:
         cmd = [
             sys.executable,
+            "-I",
             "-m",
             "jupyter_qguard.fakecloud",
             "--port",
@@ -64,7 +65,7 @@ class FakeCloud:
             cmd += ["--state-dir", str(self.state_dir)]
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=err, start_new_session=True
+                cmd, stdout=subprocess.PIPE, stderr=err, start_new_session=True, cwd="/"
             )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)

@@ -38,7 +38,9 @@ class ServerProcess:
     ) -> None:
         self.user = user
         self.extra_env = env or {}
-        self.launcher = launcher or [sys.executable, "-m", "jupyter_server"]
+        # -I: started from the workspace, `python -m` would put it first on sys.path (and hand
+        # that sys.path to every spawned worker); a trusted process never imports from there.
+        self.launcher = launcher or [sys.executable, "-I", "-m", "jupyter_server"]
         self.base = base
         self.root = base / "workspace"
         self.state = base / "qguard-state"

@@ -140,6 +140,16 @@ def test_a_slow_writer_yields_a_continuous_chain(ws, store, start_watcher):
 IGNORED = [
     ".ipynb_checkpoints/exp-checkpoint.ipynb",
     "sub/.ipynb_checkpoints/x-checkpoint.ipynb",
+    ".exp.ipynb.swp",
+    "sub/.notes.txt.swp",
+    "notes.txt~",
+    ".~exp.ipynb",
+    "sub/.~lock.data.csv#",
+]
+
+# Bytecode and git's state are what a person's own kernel and git run later: never ignored
+# (tests/watch/test_workspace_untrusted.py has the alerts).
+WATCHED_ALWAYS = [
     "__pycache__/m.cpython-311.pyc",
     "pkg/__pycache__/m.cpython-311.pyc",
     "loose.pyc",
@@ -147,11 +157,6 @@ IGNORED = [
     ".git/HEAD",
     ".git/objects/ab/cdef",
     "vendored/.git/config",
-    ".exp.ipynb.swp",
-    "sub/.notes.txt.swp",
-    "notes.txt~",
-    ".~exp.ipynb",
-    "sub/.~lock.data.csv#",
 ]
 
 
@@ -170,6 +175,28 @@ def test_default_ignore_patterns_at_start_and_on_events(ws, start_watcher):
     rec.wait(lambda cs: any(c.path == "visible.txt" for c in cs))
     settle(watcher)
     assert [c.path for c in rec.changes] == ["visible.txt"]
+
+
+@pytest.mark.parametrize("ignore", [None, ["*.pyc", "__pycache__/*", ".git/*", "*/.git/*"]])
+def test_bytecode_and_git_are_never_ignored(ws, store, start_watcher, ignore):
+    for rel in WATCHED_ALWAYS[:3]:
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ws / rel).write_text("before start")
+    watcher, rec = start_watcher(ignore=ignore)
+    assert [watcher.known(rel) for rel in WATCHED_ALWAYS[:3]] == [(sha(b"before start"), 12)] * 3
+    for rel in WATCHED_ALWAYS:
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ws / rel).write_text("after start")
+    rec.wait(lambda cs: len({c.path for c in cs}) >= len(WATCHED_ALWAYS))
+    settle(watcher)
+    assert sorted((c.path, c.kind, c.after_sha) for c in rec.changes) == sorted(
+        (rel, "modified" if i < 3 else "created", sha(b"after start"))
+        for i, rel in enumerate(WATCHED_ALWAYS)
+    )
+    # git's object files are in the feed, hashed, but not copied into the store.
+    by_path = {c.path: c for c in rec.changes}
+    assert by_path[".git/objects/ab/cdef"].after_stored is False
+    assert by_path[".git/HEAD"].after_stored is True
 
 
 def test_custom_ignore_patterns(ws, start_watcher):
@@ -358,19 +385,30 @@ def test_files_over_the_cap_are_hashed_not_stored(ws, store, start_watcher):
     assert store.get(sha(b"small")) == b"small"
 
 
-def test_symlinks_and_fifos_are_not_followed(ws, tmp_path, start_watcher):
+def test_symlinks_and_fifos_are_not_followed(ws, tmp_path, store, start_watcher):
+    # Recorded as what they are (a link with its text), never opened or read through.
     secret = tmp_path / "secret.txt"
     secret.write_text("outside the workspace")
     (ws / "link.txt").symlink_to(secret)
     os.mkfifo(ws / "pipe")
     watcher, rec = start_watcher()
-    assert watcher.known("link.txt") is None and watcher.known("pipe") is None
+    assert watcher.known_entry("link.txt") == ("symlink", str(secret))
+    assert watcher.known_entry("pipe") == ("fifo", None)
+    assert watcher.known("link.txt") == (None, len(str(secret)))
     (ws / "link2.txt").symlink_to(secret)
     os.mkfifo(ws / "pipe2")
     (ws / "plain.txt").write_text("x")
     rec.wait(lambda cs: any(c.path == "plain.txt" for c in cs))
     settle(watcher)
-    assert [c.path for c in rec.changes] == ["plain.txt"]
+    assert [
+        (c.path, c.kind, c.entry_type, c.link_target, c.after_sha, c.size)
+        for c in sorted(rec.changes, key=lambda c: c.path)
+    ] == [
+        ("link2.txt", "created", "symlink", str(secret), None, None),
+        ("pipe2", "created", "fifo", None, None, None),
+        ("plain.txt", "created", "file", None, sha(b"x"), 1),
+    ]
+    assert not store.has(sha(b"outside the workspace"))
 
 
 def test_same_content_rewrite_and_touch_report_nothing(ws, start_watcher):
