@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from support.jupyter_proc import ServerProcess, kernel_processes
 
-from jupyter_qguard.sandbox.provisioner import KernelOutput, neutralise
+from jupyter_qguard.sandbox.kernel_output import KernelOutput, neutralise
 
 ESCAPES = "qg-esc-{} \x1b[2J\x1b]0;pwned\x07 \r\x08\x00\x9b\u202e\u2066 end"
 SHOWN = "qg-esc-{} \\x1b[2J\\x1b]0;pwned\\x07 \\x0d\\x08\\x00\\x9b\\u202e\\u2066 end"

@@ -18,7 +18,7 @@ LAYERS = ("env", "nonroot", "namespaces", "idmap", "rlimits", "landlock", "secco
 DEFAULT_MINIMUM = ("env", "nonroot", "landlock", "seccomp")
 
 # Every `.git` (directory or `gitdir:` file) at any depth of the workspace is read-only inside
-# the kernel and fixed in place (namespaces.protect_git): hooks, config, commondir, info/,
+# the kernel and fixed in place (workspace_guard.protect_git): hooks, config, commondir, info/,
 # modules/ all run or steer what the person's git does next.
 GIT_NAME = ".git"
 

@@ -397,14 +397,14 @@ PROBES: dict[str, tuple[str, list, list]] = {
     # child interpreters write no bytecode at all (and read the installed trees' caches)
     "children_write_no_bytecode": (
         "(os.environ.get('PYTHONDONTWRITEBYTECODE'), os.environ.get('PYTHONPYCACHEPREFIX'))",
-        OK(["1", None]),
-        OK(["1", None]),
+        OK("('1', None)"),
+        OK("('1', None)"),
     ),
     "child_import_from_workspace_leaves_no_pycache": (
         "in_child(\"(write('qg_child_mod.py', b'V = 3'), __import__('qg_child_mod').V, "
         "sys.dont_write_bytecode, os.path.isdir('__pycache__'))\")",
-        OK(["written", 3, True, False]),
-        OK(["written", 3, True, False]),
+        OK("('written', 3, True, False)"),
+        OK("('written', 3, True, False)"),
     ),
     "import_from_workspace_leaves_no_pycache": (
         "repr(import_from_workspace('qg_probe_mod'))",

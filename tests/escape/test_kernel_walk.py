@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_qguard.sandbox import namespaces
+from jupyter_qguard.sandbox import workspace_guard
 
 
 @pytest.fixture(autouse=True, params=["leaves listed by name", "every folder entry by entry"])
@@ -19,7 +19,7 @@ def walk_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     say it has no subfolder (ext4, xfs, tmpfs: this machine's /tmp), entry by entry
     elsewhere (as if the file system were btrfs or overlayfs)."""
     if request.param == "every folder entry by entry":
-        monkeypatch.setattr(namespaces, "SUBDIR_COUNTING_FS", set())
+        monkeypatch.setattr(workspace_guard, "SUBDIR_COUNTING_FS", set())
     return request.param
 
 
@@ -33,7 +33,7 @@ def ws(tmp_path: Path) -> Path:
 def scan(root: Path, patterns: list[str] | None = None, limit: int = 1000):
     fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
     try:
-        return namespaces.scan_workspace(fd, patterns or [], limit=limit)
+        return workspace_guard.scan_workspace(fd, patterns or [], limit=limit)
     finally:
         os.close(fd)
 
@@ -41,7 +41,7 @@ def scan(root: Path, patterns: list[str] | None = None, limit: int = 1000):
 def targets(root: Path, found) -> list[str]:
     fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
     try:
-        return namespaces.git_targets(str(root), fd, found)
+        return workspace_guard.git_targets(str(root), fd, found)
     finally:
         os.close(fd)
 
