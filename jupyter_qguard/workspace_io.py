@@ -187,16 +187,7 @@ def _refusal(rel: str, exc: OSError) -> UnsafeWorkspacePath:
 
 
 def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
+    return ENTRY_WORDS.get(entry_type(mode), "not a regular file")
 
 
 def mib(n: int) -> str:
@@ -289,6 +280,17 @@ def sha256_regular(root: str | os.PathLike[str], rel: str, *, max_bytes: int | N
             return digest.hexdigest()
         finally:
             os.close(opened.fd)
+
+
+# What an entry_type other than "file" is called in a sentence.
+ENTRY_WORDS = {
+    "directory": "a directory",
+    "symlink": "a symbolic link",
+    "fifo": "a FIFO",
+    "socket": "a socket",
+    "char_device": "a character device",
+    "block_device": "a block device",
+}
 
 
 def entry_type(mode: int) -> str:

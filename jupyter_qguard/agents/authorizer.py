@@ -51,6 +51,7 @@ from jupyter_server.services.contents.handlers import (
 from jupyter_server.services.contents.manager import copy_pat
 from tornado import web
 
+from .. import workspace_io as wio
 from ..sandbox.provisioner import QGuardProvisioner
 from .context import set_current_agent
 from .identity import QGuardIdentityProvider, agent_of, relative_path
@@ -159,7 +160,7 @@ def _special_file_read(handler: web.RequestHandler) -> str | None:
         return None  # the handler answers 404 or its own error
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
-    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    kind = wio.ENTRY_WORDS.get(wio.entry_type(mode), "a special file")
     return f"{path.strip('/')} is {kind}, not a regular file; it is not opened"
 
 

@@ -34,6 +34,8 @@ from typing import Any
 from jupyter_server.services.contents.filecheckpoints import FileCheckpoints
 from jupyter_server.services.contents.fileio import FileManagerMixin
 
+from .. import workspace_io as wio
+
 DEFAULT_CHECKPOINT_ID = "checkpoint"  # FileCheckpoints keeps one checkpoint per file, this one
 
 
@@ -43,17 +45,7 @@ class PathRefused(Exception):
 
 
 def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    return "not a regular file"
+    return wio.ENTRY_WORDS.get(wio.entry_type(mode), "not a regular file")
 
 
 class RealPaths:

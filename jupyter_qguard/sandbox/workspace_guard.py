@@ -145,19 +145,16 @@ def _scan_leaf(
     prefix = f"{rel}/" if rel else ""
     if match is None:
         if GIT_NAME in names:
-            _found_git_name(scan, fd, prefix + GIT_NAME, GIT_NAME)
+            child = prefix + GIT_NAME
+            _found(scan.git, scan.git_links, scan, fd, child, GIT_NAME, _is_link(fd, GIT_NAME))
         return
     fullmatch = match.fullmatch
     for name in names:
         child = prefix + name
         if fullmatch(child):
-            if _is_link(fd, name):
-                scan.hidden_links.append(child)
-                scan.links[child] = _readlink(fd, name)
-            else:
-                scan.hidden.append(child)
+            _found(scan.hidden, scan.hidden_links, scan, fd, child, name, _is_link(fd, name))
         elif name == GIT_NAME:
-            _found_git_name(scan, fd, child, name)
+            _found(scan.git, scan.git_links, scan, fd, child, name, _is_link(fd, name))
 
 
 def _is_link(fd: int, name: str) -> bool:
@@ -167,12 +164,21 @@ def _is_link(fd: int, name: str) -> bool:
         return False
 
 
-def _found_git_name(scan: WorkspaceScan, fd: int, child: str, name: str) -> None:
-    if _is_link(fd, name):
-        scan.git_links.append(child)
+def _found(
+    entries: list[str],
+    links: list[str],
+    scan: WorkspaceScan,
+    fd: int,
+    child: str,
+    name: str,
+    is_link: bool,
+) -> None:
+    """Record a found `.git` or hidden entry: a link (with its text) apart from the rest."""
+    if is_link:
+        links.append(child)
         scan.links[child] = _readlink(fd, name)
     else:
-        scan.git.append(child)
+        entries.append(child)
 
 
 def _scan_plain(scan: WorkspaceScan, queue: deque[str], fd: int, rel: str, entries: Any) -> None:
@@ -180,7 +186,7 @@ def _scan_plain(scan: WorkspaceScan, queue: deque[str], fd: int, rel: str, entri
     for entry in entries:
         name = entry.name
         if name == GIT_NAME:
-            _found_git(scan, fd, prefix + name, entry)
+            _found(scan.git, scan.git_links, scan, fd, prefix + name, name, entry.is_symlink())
         elif entry.is_dir(follow_symlinks=False):
             queue.append(prefix + name)
 
@@ -199,23 +205,11 @@ def _scan_matching(
         name = entry.name
         child = prefix + name
         if fullmatch(child):
-            if entry.is_symlink():
-                scan.hidden_links.append(child)
-                scan.links[child] = _readlink(fd, name)
-            else:
-                scan.hidden.append(child)
+            _found(scan.hidden, scan.hidden_links, scan, fd, child, name, entry.is_symlink())
         elif name == GIT_NAME:
-            _found_git(scan, fd, child, entry)
+            _found(scan.git, scan.git_links, scan, fd, child, name, entry.is_symlink())
         elif entry.is_dir(follow_symlinks=False):
             queue.append(child)
-
-
-def _found_git(scan: WorkspaceScan, fd: int, child: str, entry: Any) -> None:
-    if entry.is_symlink():
-        scan.git_links.append(child)
-        scan.links[child] = _readlink(fd, entry.name)
-    else:
-        scan.git.append(child)
 
 
 def _readlink(dir_fd: int, name: str) -> str:

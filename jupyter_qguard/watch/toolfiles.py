@@ -20,6 +20,8 @@ import fnmatch
 import re
 from dataclasses import dataclass
 
+from .. import workspace_io as wio
+
 
 @dataclass(frozen=True)
 class ToolFile:
@@ -172,12 +174,9 @@ def tool_file(rel: str) -> ToolFile | None:
     return None
 
 
+# A folder is named by its path alone ("agent kernel wrote .git: ...").
 _ENTRY_WORDS = {
-    "symlink": "a symbolic link",
-    "fifo": "a FIFO",
-    "socket": "a socket",
-    "char_device": "a character device",
-    "block_device": "a block device",
+    **{k: v for k, v in wio.ENTRY_WORDS.items() if k != "directory"},
     "other": "a special file",
 }
 

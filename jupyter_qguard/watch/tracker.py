@@ -42,15 +42,7 @@ ACTIVITY_SLACK_SECONDS = 1.0
 # Alerts for tool files, one per file, at most this many from one batch (an agent's `git init`
 # writes dozens of files); the rest are named together in one more alert.
 MAX_TOOL_ALERTS = 20
-_ENTRY_WORDS = {
-    "directory": "a folder",
-    "symlink": "a symbolic link",
-    "fifo": "a FIFO",
-    "socket": "a socket",
-    "char_device": "a character device",
-    "block_device": "a block device",
-    "other": "a special file",
-}
+_ENTRY_WORDS = {**wio.ENTRY_WORDS, "directory": "a folder", "other": "a special file"}
 
 
 class ChangeError(ValueError):
