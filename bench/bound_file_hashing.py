@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from common import fig, percentile, record
+from support.helpers import big_notebook
 from support.jupyter_proc import ServerProcess
 
 from jupyter_qguard.broker.filehash import notebook_code_hash
@@ -40,30 +41,6 @@ t = time.monotonic()
 job = submit(bell, backend='bench_hw', shots=10, files={'long.ipynb': None})
 print(job.job_id, time.monotonic() - t)
 """
-
-
-def big_notebook(target: int) -> bytes:
-    """A notebook of about `target` bytes as a long session leaves one (tests/test_bound_files.py
-    makes the same): code cells, each with a stream output of 100 lines."""
-    cells = []
-    for i in range(target // (100 * 72 + 200) + 1):
-        cells.append(
-            {
-                "cell_type": "code",
-                "id": f"c{i}",
-                "metadata": {},
-                "execution_count": i,
-                "source": [f"v{i} = {i}\n", f"print(v{i})"],
-                "outputs": [
-                    {
-                        "output_type": "stream",
-                        "name": "stdout",
-                        "text": [f"{j:06d} {'x' * 60}\n" for j in range(100)],
-                    }
-                ],
-            }
-        )
-    return json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}).encode()
 
 
 async def listings_while(server: ServerProcess, work: asyncio.Future | None, n: int = 0) -> list:

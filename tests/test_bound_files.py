@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.helpers import BELL
+from support.helpers import BELL, big_notebook
 from support.jupyter_proc import KernelWS, ServerProcess
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
@@ -244,31 +244,6 @@ async def test_a_hostile_bound_file_is_refused_while_listings_stay_fast(server, 
 
 
 # -- a 100 MiB notebook ------------------------------------------------------------------------
-
-
-def big_notebook(target: int) -> bytes:
-    """A notebook of about `target` bytes, made the way a long session makes one: many code
-    cells, each with a stream output of 100 lines (JSON that takes ~1 s of GIL to parse)."""
-    cells = []
-    size = 0
-    line = "x" * 60 + "\n"
-    i = 0
-    while size < target:
-        text = [f"{j:06d} {line}" for j in range(100)]
-        cells.append(
-            {
-                "cell_type": "code",
-                "id": f"c{i}",
-                "metadata": {},
-                "execution_count": i,
-                "source": [f"v{i} = {i}\n", f"print(v{i})"],
-                "outputs": [{"output_type": "stream", "name": "stdout", "text": text}],
-            }
-        )
-        size += 100 * 72 + 200
-        i += 1
-    nb = {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
-    return json.dumps(nb).encode()
 
 
 async def until(server: ServerProcess, job_id: str, state: str, timeout: float = 120) -> dict:

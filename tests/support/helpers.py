@@ -76,3 +76,29 @@ def stored_job(store: Any, *, user: str, backend: str, state: str | None) -> dic
     if state:
         job = store.transition(job["id"], State(state), actor="broker", reason="test")
     return job
+
+
+def big_notebook(target: int) -> bytes:
+    """A notebook of about `target` bytes, made the way a long session makes one: many code
+    cells, each with a stream output of 100 lines (JSON that takes ~1 s of GIL to parse).
+    For tests/test_bound_files.py and bench/bound_file_hashing.py."""
+    cells = []
+    size = 0
+    line = "x" * 60 + "\n"
+    i = 0
+    while size < target:
+        text = [f"{j:06d} {line}" for j in range(100)]
+        cells.append(
+            {
+                "cell_type": "code",
+                "id": f"c{i}",
+                "metadata": {},
+                "execution_count": i,
+                "source": [f"v{i} = {i}\n", f"print(v{i})"],
+                "outputs": [{"output_type": "stream", "name": "stdout", "text": text}],
+            }
+        )
+        size += 100 * 72 + 200
+        i += 1
+    nb = {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    return json.dumps(nb).encode()

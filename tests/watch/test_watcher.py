@@ -8,89 +8,18 @@ import logging
 import os
 import shutil
 import statistics
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from support.watching import settle
 
 from jupyter_qguard.watch.snapshots import SnapshotStore
-from jupyter_qguard.watch.watcher import Change, WorkspaceWatcher
+from jupyter_qguard.watch.watcher import WorkspaceWatcher
 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-class Recorder:
-    """The on_change callback: keeps every batch, with the time it arrived."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[Change]] = []
-        self.arrivals: dict[str, float] = {}
-        self.threads: set[str] = set()
-        self.cond = threading.Condition()
-
-    def __call__(self, changes: list[Change]) -> None:
-        now = time.time()
-        with self.cond:
-            self.batches.append(list(changes))
-            for change in changes:
-                self.arrivals.setdefault(change.path, now)
-            self.threads.add(threading.current_thread().name)
-            self.cond.notify_all()
-
-    @property
-    def changes(self) -> list[Change]:
-        with self.cond:
-            return [c for batch in self.batches for c in batch]
-
-    def of(self, path: str) -> list[Change]:
-        return [c for c in self.changes if c.path == path]
-
-    def wait(self, predicate, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not predicate([c for batch in self.batches for c in batch]):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out; changes so far: {self.batches}")
-                self.cond.wait(left)
-
-
-@pytest.fixture
-def ws(tmp_path) -> Path:
-    root = tmp_path / "workspace"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
-def store(tmp_path) -> SnapshotStore:
-    return SnapshotStore(tmp_path / "state" / "objects")
-
-
-@pytest.fixture
-def start_watcher(ws, store):
-    watchers: list[WorkspaceWatcher] = []
-
-    def start(**kwargs) -> tuple[WorkspaceWatcher, Recorder]:
-        recorder = Recorder()
-        kwargs.setdefault("store", store)
-        watcher = WorkspaceWatcher(ws, recorder, **kwargs)
-        watcher.start()
-        watchers.append(watcher)
-        return watcher, recorder
-
-    yield start
-    for watcher in watchers:
-        watcher.stop()
-
-
-def settle(watcher: WorkspaceWatcher) -> None:
-    """Let inotify deliver what is in flight, then reconcile it without waiting out the debounce."""
-    time.sleep(0.15)
-    watcher.flush()
 
 
 def test_a_burst_of_writes_is_one_change_and_the_chain_is_continuous(ws, store, start_watcher):

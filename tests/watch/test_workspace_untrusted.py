@@ -20,13 +20,12 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from support.helpers import wait_for
+from support.watching import Recorder, settle
 
 from jupyter_qguard import workspace_io as wio
 from jupyter_qguard.watch import secrets
 from jupyter_qguard.watch.diff import entry_diff
-from jupyter_qguard.watch.snapshots import SnapshotStore
 from jupyter_qguard.watch.toolfiles import TOOL_FILES, tool_file
 from jupyter_qguard.watch.watcher import WorkspaceWatcher
 
@@ -41,42 +40,6 @@ GIT_WHY = (
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-class Recorder:
-    """The on_change callback (as in test_watcher.py): keeps every batch."""
-
-    def __init__(self) -> None:
-        self.batches: list[list] = []
-        self.cond = threading.Condition()
-
-    def __call__(self, changes: list) -> None:
-        with self.cond:
-            self.batches.append(list(changes))
-            self.cond.notify_all()
-
-    @property
-    def changes(self) -> list:
-        with self.cond:
-            return [c for batch in self.batches for c in batch]
-
-    def of(self, path: str) -> list:
-        return [c for c in self.changes if c.path == path]
-
-    def wait(self, predicate, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not predicate([c for batch in self.batches for c in batch]):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out; changes so far: {self.batches}")
-                self.cond.wait(left)
-
-
-def settle(watcher: WorkspaceWatcher) -> None:
-    """Let inotify deliver what is in flight, then reconcile it without waiting out the debounce."""
-    time.sleep(0.15)
-    watcher.flush()
 
 
 def files_holding(root: Path, needle: bytes) -> list[str]:
@@ -98,38 +61,6 @@ def fake_aws(home: Path) -> Path:
     (aws / "credentials.txt").write_bytes(SECRET)
     (aws / "config").write_bytes(b"[default]\nregion = eu-west-1\n" + SECRET)
     return aws
-
-
-@pytest.fixture
-def ws(tmp_path) -> Path:
-    root = tmp_path / "workspace"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
-def store(tmp_path) -> SnapshotStore:
-    return SnapshotStore(tmp_path / "state" / "objects")
-
-
-@pytest.fixture
-def start_watcher(ws, store):
-    watchers: list[WorkspaceWatcher] = []
-
-    def start(**kwargs) -> tuple[WorkspaceWatcher, Recorder]:
-        recorder = Recorder()
-        kwargs.setdefault("store", store)
-        watcher = WorkspaceWatcher(ws, recorder, **kwargs)
-        watcher.start()
-        watchers.append(watcher)
-        return watcher, recorder
-
-    yield start
-    for watcher in watchers:
-        watcher.stop()
-
-
-# -- the real watcher ------------------------------------------------------------------------
 
 
 def test_a_folder_swapped_for_a_link_is_a_link_and_nothing_is_read_through_it(
