@@ -23,15 +23,18 @@ lint: env
 	$(BIN)/ruff check jupyter_qguard tests bench examples
 	$(BIN)/ruff format --check jupyter_qguard tests bench examples
 
-# As root (CI), the sandbox tests also run as the unprivileged user qgtest, created here.
+# As root (CI), the sandbox tests also run as the unprivileged user qgtest, created here. The
+# real MCP clients the agent tests drive get a venv of their own (.venv-mcp, pinned in
+# tests/mcp/requirements.txt), as a person installs them.
 test: env lint
 	@if [ "$$(id -u)" = 0 ]; then bash tests/setup-unprivileged.sh; fi
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python tests/support/mcp_client.py
+	$(BIN)/python -m pytest -q -ra --durations=20
 
 bench: env
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/table.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info jupyter_qguard/labextension \
+	rm -rf $(VENV) .venv-mcp build dist *.egg-info jupyter_qguard/labextension \
 	       labextension/node_modules labextension/lib labextension/tsconfig.tsbuildinfo

@@ -23,6 +23,8 @@ BENCHMARKS = [
     "watch_latency.py",
     "audit_log.py",
     "bound_file_hashing.py",
+    "mcp_tool_call.py",
+    "egress_proxy.py",
 ]
 
 

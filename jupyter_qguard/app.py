@@ -13,10 +13,15 @@ from jupyter_server.extension.application import ExtensionApp
 from tornado import web
 from traitlets import Bool, Dict, Enum, Float, Int, List, Type, Unicode, default, validate
 
+from . import live_notebooks
 from ._version import __version__
-from .agents import notebook_trust
-from .agents.authorizer import install_agent_auth
+from .agents import collaboration_files, kernel_choice, notebook_trust
+from .agents.authorizer import AGENT_EDITS_KEY, install_agent_auth
 from .agents.identity import SETTINGS_KEY as AGENT_TOKENS_KEY
+from .agents.inprocess import DEFAULT_EXTENSIONS as INPROCESS_AGENT_EXTENSIONS
+from .agents.inprocess import MODES as INPROCESS_AGENT_MODES
+from .agents.inprocess import apply as apply_inprocess_gate
+from .agents.inprocess import enforce as enforce_inprocess_agents
 from .agents.tokens import AgentTokens
 from .audit.log import AuditLog, origin_for
 from .broker import runtime
@@ -303,6 +308,28 @@ class QGuardApp(ExtensionApp):
         "user name (`jupyter qguard mfa enroll --user NAME`).",
     ).tag(config=True)
 
+    inprocess_agents = Enum(
+        list(INPROCESS_AGENT_MODES),
+        default_value="require_mfa",
+        help="What to do while a server extension that lets an AI agent act with this server's "
+        "authority is enabled (inprocess_agent_extensions: Jupyter AI's personas, "
+        "notebook-intelligence, jupyter-server-mcp, jupyter-mcp-server's /mcp): such an agent "
+        "never shows an agent token and can read the user's token. `require_mfa`: every "
+        "approval of a job that is not on a simulator needs a TOTP code, whatever the policy "
+        "says; `refuse`: the server does not start; `allow`: a warning at start only.",
+    ).tag(config=True)
+
+    inprocess_agent_extensions = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        default_value=dict(INPROCESS_AGENT_EXTENSIONS),
+        help="Server extensions that let an agent act with this server's authority: module "
+        "name (a jpserver_extensions name, an extension point's module or its ExtensionApp's "
+        "name; submodules count) -> what it allows, as the start warning and `jupyter qguard "
+        "doctor` say it. Setting it replaces the table (the defaults are "
+        "jupyter_qguard.agents.inprocess.DEFAULT_EXTENSIONS).",
+    ).tag(config=True)
+
     agent_tokens = Bool(
         True,
         help="Recognize agent tokens (`jupyter qguard agent-token create`) and hold them to "
@@ -311,6 +338,14 @@ class QGuardApp(ExtensionApp):
         "was. Only where ServerApp.identity_provider_class and authorizer_class are still "
         "jupyter_server's defaults; a deployment with its own keeps them (and a warning says "
         "agent tokens are not recognized).",
+    ).tag(config=True)
+
+    agent_kernel_name = Unicode(
+        "qguard-agent",
+        help="The kernelspec an agent token's kernel starts with when the agent asks for one "
+        "that does not run under the qguard provisioner (jupyter-mcp-server asks for python3): "
+        "agents never get an unsandboxed kernel. Must name a kernelspec that runs under the "
+        "qguard provisioner, or agents cannot start kernels (a warning at start says so).",
     ).tag(config=True)
 
     team_broker_url = Unicode(
@@ -434,6 +469,8 @@ class QGuardApp(ExtensionApp):
         return providers
 
     def initialize_settings(self) -> None:
+        # First: in `refuse` mode the server stops here, before any state is touched.
+        inprocess_gate = enforce_inprocess_agents(self)
         self._check_state_dir()
         # A server started as `python -m jupyter_server` from the workspace (or with PYTHONPATH
         # into it) would import from there, and hand that sys.path to every worker it spawns.
@@ -465,11 +502,16 @@ class QGuardApp(ExtensionApp):
             )
         self._fingerprint_key()
         self.settings["qguard_broker"] = broker
+        apply_inprocess_gate(inprocess_gate, broker)
         # Agent tokens (jupyter qguard agent-token): read by agents/identity.py on each request
         # that presents one, in the same database as the jobs.
         self.settings[AGENT_TOKENS_KEY] = AgentTokens(
             broker.store.engine, policy_dir=self.policy_dir
         )
+        # What agents get from the kernel and session managers (a qguard kernel whatever they
+        # ask for, listings of their own) and who edited what: agents/kernel_choice.py.
+        kernel_choice.wire(self.settings, self.serverapp, broker, self.agent_kernel_name)
+        live_notebooks.install(broker, self.serverapp)
         # A notebook an agent's token saves is never signed by that save (the notary would sign
         # it when its cells say they are trusted): agents/notebook_trust.py.
         contents = self.serverapp.contents_manager
@@ -556,6 +598,9 @@ class QGuardApp(ExtensionApp):
         # can be set here (a config file in jupyter_server_config.d only enables extensions).
         if self.agent_tokens:
             install_agent_auth(serverapp, self.log)
+        # Before jupyter-server-ydoc links (extensions link in name order): its state files go
+        # to the state directory instead of the workspace.
+        collaboration_files.keep_out_of_workspace(serverapp, self.state_dir, self.log)
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(ROUTES)
@@ -650,6 +695,7 @@ class QGuardApp(ExtensionApp):
             root=self.serverapp.root_dir,
             objects_dir=Path(self.state_dir) / "objects",
             agent_activity=self._agent_activity,
+            agent_edits=self.settings.get(AGENT_EDITS_KEY),
             person=self.broker.user,
             ignore=list(self.watch_ignore),
             debounce_seconds=self.watch_debounce_seconds,

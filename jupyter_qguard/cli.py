@@ -111,19 +111,34 @@ class JobsCommand(QGuardCommand):
 class DoctorCommand(QGuardCommand):
     name = "jupyter-qguard-doctor"
     description = (
-        "Probe each sandbox layer on this machine (available or not, and why), and list "
-        "plaintext credentials in the usual places by name."
+        "Probe each sandbox layer on this machine (available or not, and why), list "
+        "plaintext credentials in the usual places by name, and the in-server agent "
+        "extensions the Jupyter config enables (what they allow, what qguard does about them). "
+        "Exits 1 when agent kernels or the server would not start."
     )
     as_json = Bool(False, help="Print JSON instead of text.").tag(config=True)
     flags = {"json": ({"DoctorCommand": {"as_json": True}}, "Print JSON instead of text.")}
 
     def start(self) -> None:
+        from .agents import inprocess
         from .sandbox import doctor
 
         settings = self.qguard_settings()
         rep = doctor.report(minimum=list(settings.sandbox_minimum))
+        # Read as the server would read its config (jupyter server extension list's way), with
+        # no server started and no extension imported.
+        rep["inprocess_agents"] = inprocess.doctor_report(
+            self.config_file_paths,
+            inprocess.with_extension_config(self.config_file_paths, self.config),
+            mode=settings.inprocess_agents,
+            table=dict(settings.inprocess_agent_extensions),
+            team=bool(settings.team_broker_url),
+            keyring_backend=settings.keyring_backend,
+            keyring_options=dict(settings.keyring_backend_options),
+        )
         print(json.dumps(rep, indent=2) if self.as_json else doctor.format_report(rep))
-        self.exit(0 if rep["agent_kernels_can_start"] else 1)
+        ok = rep["agent_kernels_can_start"] and rep["inprocess_agents"]["server_starts"]
+        self.exit(0 if ok else 1)
 
 
 class PolicyCheckCommand(QGuardCommand):
@@ -345,6 +360,10 @@ class QGuardCLI(JupyterApp):
         "agent-token": (
             "jupyter_qguard.cli_agents.AgentTokenCommand",
             "Tokens for agents that drive sandboxed kernels from outside.",
+        ),
+        "agent": (
+            "jupyter_qguard.cli_agents.AgentCommand",
+            "Run an agent process (an MCP server, an agent CLI) confined: `agent run`.",
         ),
     }
 

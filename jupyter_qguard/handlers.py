@@ -297,6 +297,16 @@ class AuditHandler(QGuardAPIHandler):
         )
 
 
+# `jupyter qguard agent run`'s handlers build on QGuardAPIHandler above: imported here, after it.
+from .handlers_agent_runs import (  # noqa: E402
+    RUN_ID,
+    AgentRunConnectionsHandler,
+    AgentRunHandler,
+    AgentRunLeaseHandler,
+    AgentRunSandboxHandler,
+    AgentRunsHandler,
+)
+
 ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     (r"/qguard/api/jobs", JobsHandler),
     (rf"/qguard/api/jobs/{_JOB_ID}", JobHandler),
@@ -310,4 +320,9 @@ ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     (r"/qguard/api/changes/(?P<change_id>[0-9]+)/revert", RevertHandler),
     (r"/qguard/api/events", EventsHandler),
     (r"/qguard/api/audit", AuditHandler),
+    (r"/qguard/api/agent-runs", AgentRunsHandler),
+    (rf"/qguard/api/agent-runs/{RUN_ID}", AgentRunHandler),
+    (rf"/qguard/api/agent-runs/{RUN_ID}/lease", AgentRunLeaseHandler),
+    (rf"/qguard/api/agent-runs/{RUN_ID}/sandbox", AgentRunSandboxHandler),
+    (rf"/qguard/api/agent-runs/{RUN_ID}/connections", AgentRunConnectionsHandler),
 ]

@@ -46,7 +46,8 @@ def test_help_and_bare_command(tmp_path):
     r = run(home=tmp_path)
     assert r.returncode == 2
     expected = (
-        "agent-token, audit, broker, bundle, credentials, doctor, fakecloud, jobs, mfa, policy"
+        "agent, agent-token, audit, broker, bundle, credentials, doctor, fakecloud, jobs, mfa, "
+        "policy"
     )
     assert f"Subcommands: {expected}" in r.stdout
 

@@ -13,6 +13,7 @@ from traitlets.config import Config
 from jupyter_qguard.handlers import ROUTES
 
 METHODS = ("get", "post", "put", "patch", "delete")
+NO_BODY = ("get", "delete")  # tornado's client sends no body with these
 ASKED: list[tuple[str, str]] = []
 
 
@@ -28,7 +29,8 @@ def _endpoints():
     for pattern, handler in ROUTES:
         path = re.sub(r"\(\?P<job_id>[^)]*\)", "0" * 32, pattern)
         path = re.sub(r"\(\?P<change_id>[^)]*\)", "1", path)
-        path = re.sub(r"\(\?P<kernel_id>[^)]*\)", "0" * 8, path).lstrip("/")
+        path = re.sub(r"\(\?P<kernel_id>[^)]*\)", "0" * 8, path)
+        path = re.sub(r"\(\?P<run_id>[^)]*\)", "0" * 32, path).lstrip("/")
         for method in METHODS:
             if method in vars(handler):
                 yield handler, method, path
@@ -79,7 +81,7 @@ async def test_authorizer_is_consulted_and_refusal_is_403(
             await jp_ws_fetch(*path.split("/"))
         assert err.value.code == 403
     else:
-        body = json.dumps({"digest": "0" * 64, "reason": "x"}) if method != "get" else None
+        body = json.dumps({"digest": "0" * 64, "reason": "x"}) if method not in NO_BODY else None
         r = await jp_fetch(*path.split("/"), method=method.upper(), body=body, raise_error=False)
         assert r.code == 403
     assert [res for _, res in ASKED if res.startswith("qguard:")] == [handler.auth_resource]
@@ -95,7 +97,7 @@ async def test_unauthenticated_requests_are_refused(jp_fetch, jp_ws_fetch, handl
             await jp_ws_fetch(*path.split("/"), headers=headers)
         assert err.value.code == 403
     else:
-        body = "{}" if method != "get" else None
+        body = "{}" if method not in NO_BODY else None
         r = await jp_fetch(
             *path.split("/"),
             method=method.upper(),

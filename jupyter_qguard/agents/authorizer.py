@@ -1,24 +1,30 @@
 """What an agent identity may do. Everyone else (the user's own login) is allowed as before.
 
 An agent may only:
-- create sessions and kernels whose kernelspec runs under the qguard provisioner (read from the
-  kernelspec's metadata and resolved through jupyter_client's provisioner entry points: a spec
-  that is merely *named* qguard-agent is not enough), and read, use, interrupt, restart or stop
-  kernels that run under it (checked on the running kernel's provisioner object) and that its
-  own token started (the broker's `kernel_starter`): never the user's, nor another agent's;
-  sessions likewise, by their kernel;
+- read `GET /api/status` (MCP servers poll it before each kernel start) and the kernelspecs
+  that run under the qguard provisioner (the listing shows no other);
+- create sessions and kernels: whatever kernelspec it names, the kernel runs under the qguard
+  provisioner (a spec that does not is replaced by `QGuardApp.agent_kernel_name`:
+  kernel_choice.py; "runs under" is read from the spec's metadata and resolved through
+  jupyter_client's provisioner entry points, provisioners.py), and read, use, interrupt,
+  restart or stop kernels that run under it (checked on the running kernel's provisioner
+  object) and that its own token started (the broker's `kernel_starter`): never the user's,
+  nor another agent's; sessions likewise, by their kernel; listings show only those;
 - execute in those kernels (the kernel websocket); the broker is told which agent drives which
   kernel, so its requests are the agent's;
 - read and write files within its manifest's paths through the contents and files routes, on
   the real path: every path the request touches (the file, its `.~` intermediate, its
   checkpoint folder and file) is a real entry under the root, no symbolic link on the way
   (workspace.py);
+- use collaboration rooms (jupyter-collaboration) of paths its manifest lets it read and write,
+  the room's file id resolved to its path first (collaboration.py); its edits there and its
+  contents writes are noted, so the change feed names it;
 - never trust (sign) a notebook: `/trust` is refused, and its saves are never signed
   (notebook_trust.py).
 
-Everything else is refused: listing sessions or kernels (which would show the user's), other
-kernelspecs, terminals, kernelspecs and config, nbconvert, the qguard API (approve, deny,
-admin), shutdown, and any route or resource not named above.
+Everything else is refused: terminals, other kernelspecs, config, nbconvert, the awareness room,
+forks and timelines, file ids, the qguard API (approve, deny, admin), shutdown, and any route
+or resource not named above.
 
 Each agent request admitted sets `context.current_agent()` for the rest of its task: the kernel
 provisioner's `pre_launch` (a kernel the agent starts) and the contents manager's save hooks
@@ -33,8 +39,6 @@ import logging
 import os
 import re
 import stat
-from functools import cache
-from importlib.metadata import entry_points
 from typing import Any
 
 from jupyter_core.utils import ensure_async
@@ -53,29 +57,21 @@ from tornado import web
 
 from .. import workspace_io as wio
 from ..sandbox.provisioner import QGuardProvisioner
+from . import collaboration
 from .context import set_current_agent
 from .identity import QGuardIdentityProvider, agent_of, relative_path
+from .provisioners import runs_under_qguard
 from .tokens import Agent
 from .workspace import DEFAULT_CHECKPOINT_ID, PathRefused, RealPaths
 
 log = logging.getLogger(__name__)
 
+# handler.settings keys (set by the extension): the AgentKernelChoice and the AgentEdits.
+AGENT_KERNELS_KEY = "qguard_agent_kernels"
+AGENT_EDITS_KEY = "qguard_agent_edits"
+
 _KERNEL = re.compile(r"api/kernels/(?P<id>[^/]+)(/(?P<op>interrupt|restart|channels))?")
 _SESSION = re.compile(r"api/sessions/(?P<id>[^/]+)")
-
-
-@cache
-def qguard_provisioner_names() -> frozenset[str]:
-    """Provisioner entry point names whose class is (or extends) the qguard provisioner."""
-    names = set()
-    for ep in entry_points(group="jupyter_client.kernel_provisioners"):
-        try:
-            cls = ep.load()
-        except Exception:  # a broken third-party provisioner is simply not ours
-            continue
-        if isinstance(cls, type) and issubclass(cls, QGuardProvisioner):
-            names.add(ep.name)
-    return frozenset(names)
 
 
 def install_agent_auth(serverapp: Any, log: logging.Logger) -> None:
@@ -120,6 +116,10 @@ class QGuardAuthorizer(Authorizer):
             allowed = await rules.contents()
         elif resource in ("kernels", "sessions"):
             allowed = await rules.kernels_and_sessions(resource)
+        elif resource == "api":
+            allowed = rules.status()
+        elif resource == "kernelspecs":
+            allowed = rules.kernelspecs()
         else:
             allowed = False
         if not allowed:
@@ -133,9 +133,16 @@ class QGuardAuthorizer(Authorizer):
                 f": {rules.why}" if rules.why else "",
             )
             return False
-        # For the rest of this request's task: the provisioner's pre_launch and the contents
-        # manager's save hooks learn which agent this is.
+        # For the rest of this request's task: the provisioner's pre_launch, the kernel and
+        # session managers' listings and the contents manager's save hooks learn which agent
+        # this is.
         set_current_agent(agent)
+        edits = handler.settings.get(AGENT_EDITS_KEY)
+        if edits is not None:
+            for path in rules.written:
+                edits.note(path, agent)
+            if rules.room is not None:
+                collaboration.note_room_edits(handler, rules.room, agent, edits)
         return True
 
 
@@ -171,6 +178,8 @@ class _AgentRequest:
         self.method = (handler.request.method or "").upper()
         self.route = relative_path(handler)
         self.why = ""  # why a request is refused, for the log
+        self.written: list[str] = []  # paths this request writes, renames or deletes
+        self.room: str | None = None  # the path of the collaboration room it opens
 
     def refuse(self, why: str) -> bool:
         self.why = why
@@ -183,13 +192,32 @@ class _AgentRequest:
             return {}
         return data if isinstance(data, dict) else {}
 
+    def status(self) -> bool:
+        if self.route == "api/status" and self.method in ("GET", "HEAD"):
+            return True
+        return self.refuse("agents may read /api/status only")
+
+    def kernelspecs(self) -> bool:
+        """The listing (kernel_choice.py shows an agent the qguard kernelspecs only) and one
+        of those."""
+        if self.method not in ("GET", "HEAD"):
+            return self.refuse("kernelspecs are read-only")
+        if self.route == "api/kernelspecs":
+            return True
+        name = self.route.rsplit("/", 1)[-1]
+        if runs_under_qguard(self.handler.settings["kernel_spec_manager"], name):
+            return True
+        return self.refuse(f"kernelspec {name} does not run under the qguard provisioner")
+
     # -- kernels and sessions ------------------------------------------------------------------
 
     async def kernels_and_sessions(self, resource: str) -> bool:
         if self.route in ("api/kernels", "api/sessions"):
+            if self.method == "GET":
+                # kernel_choice.py filters the listing down to what this agent started.
+                return True
             if self.method != "POST":
-                # Listing would show the user's own kernels and notebooks.
-                return self.refuse("agents may not list kernels or sessions")
+                return self.refuse(f"{self.method} {self.route} is not for agents")
             body = self.body()
             if resource == "kernels":
                 return self._spec_is_qguard(body.get("name"))
@@ -226,18 +254,19 @@ class _AgentRequest:
         return self._spec_is_qguard(kernel.get("name"))
 
     def _spec_is_qguard(self, name: Any) -> bool:
-        km = self.handler.settings["kernel_manager"]
-        name = name or km.default_kernel_name
-        if not isinstance(name, str):
-            return self.refuse("the kernelspec must be named")
-        try:
-            spec = self.handler.settings["kernel_spec_manager"].get_kernel_spec(name)
-        except Exception:
-            return self.refuse(f"no kernelspec {name}")
-        provisioner = (spec.metadata or {}).get("kernel_provisioner", {})
-        if provisioner.get("provisioner_name") in qguard_provisioner_names():
+        """The kernel this request starts will run under the qguard provisioner: the spec it
+        names does, or the kernel manager will start the agent kernelspec instead."""
+        ksm = self.handler.settings["kernel_spec_manager"]
+        if runs_under_qguard(ksm, name):
             return True
-        return self.refuse(f"kernelspec {name} does not run under the qguard provisioner")
+        choice = self.handler.settings.get(AGENT_KERNELS_KEY)
+        if choice is None:
+            return self.refuse(
+                f"kernelspec {name} does not run under the qguard provisioner, and no agent "
+                "kernelspec is set to start instead"
+            )
+        problem = choice.problem()
+        return self.refuse(problem) if problem else True
 
     def _kernel_is_its_own(self, kernel_id: str) -> bool:
         """Runs under the qguard provisioner and was started with this agent's token; the broker
@@ -273,6 +302,12 @@ class _AgentRequest:
                 self._checkpoints(disk)
             elif isinstance(handler, ContentsHandler):
                 await self._contents(disk)
+            elif collaboration.is_room_handler(handler):
+                path = collaboration.room_path(handler, disk)
+                self._may("read", path)
+                self._may("write", path)
+                if handler.request.method == "GET":  # the room websocket
+                    self.room = path
             else:
                 return self.refuse(f"{type(handler).__name__} is not a route agents may use")
         except PathRefused as exc:
@@ -294,6 +329,7 @@ class _AgentRequest:
         self._may("write", path)
         disk.entry(path)
         disk.checkpoint(path)
+        self.written.append(path)
 
     def _files(self, disk: RealPaths) -> None:
         if self.method not in ("GET", "HEAD"):

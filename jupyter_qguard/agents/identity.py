@@ -3,9 +3,10 @@
 `QGuardIdentityProvider` is jupyter_server's default identity provider (token, cookie, password:
 the user's login is unchanged) that also recognizes agent tokens (`qga_…`, in `Authorization: token`
 or `?token=`). An agent token is never turned into a login cookie, and an agent identity exists
-only on the routes an agent may use at all (sessions, kernels, contents, files, /api/me): on any
-other route the request ends here with 403. What an agent may do on those routes is then the
-Authorizer's decision (authorizer.py).
+only on the routes an agent may use at all (sessions, kernels, kernelspecs, contents, files,
+/api/me, /api/status, collaboration sessions and rooms): on any other route the request ends
+here with 403. What an agent may do on those routes is then the Authorizer's decision
+(authorizer.py).
 """
 
 from __future__ import annotations
@@ -24,12 +25,18 @@ from .tokens import Agent
 
 SETTINGS_KEY = "qguard_agent_tokens"
 
-# Paths relative to the server's base URL.
+# Paths relative to the server's base URL. `api/status` is polled by MCP servers before each
+# kernel start; the collaboration session and room routes (jupyter-collaboration) carry the
+# notebook tools of jupyter-mcp-server. Awareness, forks, timelines, undo and `/api/fileid`
+# are not here: they stay closed to agents.
 AGENT_ROUTES = re.compile(
     r"api/me"
+    r"|api/status"
+    r"|api/kernelspecs(/[^/]+)?"
     r"|api/sessions(/[^/]+)?"
     r"|api/kernels(/[^/]+(/(interrupt|restart|channels))?)?"
     r"|api/contents(/.*)?"
+    r"|api/collaboration/(session|room)/.+"
     r"|files/.*"
 )
 
@@ -67,7 +74,8 @@ class QGuardIdentityProvider(PasswordIdentityProvider):
         if not AGENT_ROUTES.fullmatch(route):
             raise web.HTTPError(
                 403,
-                f"agent {agent.name} may use sessions, kernels and files only, not /{route}",
+                f"agent {agent.name} may use sessions, kernels, files and collaboration rooms "
+                f"only, not /{route}",
             )
         # Token-authenticated, as jupyter_server marks its own token's requests: no XSRF
         # cookie is expected, and no login cookie is ever set for an agent.

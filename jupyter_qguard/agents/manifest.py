@@ -1,5 +1,6 @@
 """An agent's capability manifest: the files it may read and write through the contents API, the
-backends it may ask for, and its limits per job and over time.
+backends it may ask for, its limits per job and over time, and (for `jupyter qguard agent run`)
+the hosts its process may reach through the egress proxy.
 
 Manifests are YAML or JSON, validated against `policies/agents/manifest.schema.json`; the default
 one is `policies/agents/default.yaml`. A token keeps the manifest it was made with (its text is
@@ -16,7 +17,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 
@@ -29,7 +29,11 @@ def agents_dir(policy_dir: str | Path) -> Path:
 
 
 @cache
-def _validator(schema_path: Path) -> jsonschema.protocols.Validator:
+def _validator(schema_path: Path) -> Any:
+    # Imported at the first parse, not with this module: `jupyter qguard agent run` uses its
+    # helpers but never validates (the server does), and jsonschema's import takes seconds.
+    import jsonschema
+
     schema = json.loads(schema_path.read_text("utf-8"))
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
@@ -53,6 +57,9 @@ class Manifest:
             first = errors[0]
             where = "/".join(str(p) for p in first.absolute_path) or "(top)"
             raise ManifestError(f"{source}: {where}: {first.message}")
+        for entry in data.get("network", {}).get("allow", []):
+            if not 1 <= int(entry.rpartition(":")[2]) <= 65535:
+                raise ManifestError(f"{source}: network/allow: {entry!r}: no such port")
         return cls(data=data, source=source)
 
     @classmethod
@@ -82,6 +89,15 @@ class Manifest:
             return False
         return any(fnmatchcase(rel, p) for p in contents[how])
 
+    # -- network: exact host:port pairs, for an agent process's egress proxy -----------------
+
+    @property
+    def network_allow(self) -> frozenset[tuple[str, int]]:
+        """(host, port) pairs, the host lowercased and an IPv6 address without brackets."""
+        return frozenset(
+            split_host_port(entry) for entry in self.data.get("network", {}).get("allow", [])
+        )
+
     # -- jobs: the policy decides (glob.match on the backend patterns) -----------------------
 
     @property
@@ -104,3 +120,16 @@ def normalize(path: str) -> str | None:
     if ".." in parts:
         return None
     return posixpath.join(*parts) if parts else ""
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """'api.example.com:443' -> ('api.example.com', 443); '[::1]:8080' -> ('::1', 8080).
+    ValueError when it is neither."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"{text!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: an IPv6 address goes in brackets, [addr]:port")
+    return host.lower().rstrip("."), int(port)

@@ -3,6 +3,12 @@
 A row keeps the token's digest (never the token), the agent's name, the manifest the token was
 made with (its text), when it expires and whether it was revoked. Tokens are made and hashed in
 credentials.py; this module only compares digests.
+
+A token minted for one run of `jupyter qguard agent run` is a lease: it is made with a short
+lifetime, which the CLI renews while the run lasts (`renew`); a CLI that dies, even by
+SIGKILL, stops renewing, and the token is dead within one lease. When the run ends, the token
+is revoked by its id (`revoke_id`), never by name (the person's other tokens for the agent
+stay).
 """
 
 from __future__ import annotations
@@ -113,6 +119,35 @@ class AgentTokens:
                 .values(revoked_at=now)
             )
             return int(res.rowcount or 0)
+
+    def revoke_id(self, token_id: str) -> bool:
+        """Revoke the one token with this id (not other tokens of its agent's name)."""
+        now = dt.datetime.now(dt.UTC)
+        with self._lock, self._session.begin() as session:
+            res = session.execute(
+                update(AgentTokenRow)
+                .where(AgentTokenRow.id == token_id, AgentTokenRow.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            return bool(res.rowcount)
+
+    def renew(self, token_id: str, lease: dt.timedelta) -> dt.datetime | None:
+        """Extend a live token's lease to `lease` from now; its new expiry, or None when it is
+        revoked, already expired (a lapsed lease is not revived) or unknown."""
+        now = dt.datetime.now(dt.UTC)
+        until = now + lease
+        with self._lock, self._session.begin() as session:
+            res = session.execute(
+                update(AgentTokenRow)
+                .where(
+                    AgentTokenRow.id == token_id,
+                    AgentTokenRow.revoked_at.is_(None),
+                    AgentTokenRow.expires_at.is_not(None),
+                    AgentTokenRow.expires_at > now,
+                )
+                .values(expires_at=until)
+            )
+            return until if res.rowcount else None
 
     def authenticate(self, presented: str) -> Agent | None:
         """The agent a presented token belongs to; None if unknown, revoked or expired."""

@@ -33,7 +33,11 @@ def canonical_json(value: Any) -> bytes:
 
 
 def notebook_code_hash(data: bytes) -> str:
-    nb = json.loads(data)
+    return notebook_dict_code_hash(json.loads(data))
+
+
+def notebook_dict_code_hash(nb: Any) -> str:
+    """The code-cell hash of a notebook already parsed (or a live document's `get()`)."""
     sources = []
     for cell in nb.get("cells", []):
         if cell.get("cell_type") != "code":

@@ -50,6 +50,10 @@ BROKER = "broker"
 EXPIRED_REASON = "the approval window closed before anyone approved"
 # The default pack's burst denials (per requester and per kernel) say this; they raise an alert.
 BURST_MARK = "in the current window is far above"
+# The policy pack's tier of local and remote simulators (data.json `tiers`): the one tier an
+# in-server agent's presence never holds to step-up MFA (agents/inprocess.py).
+SIMULATOR_TIER = "simulator"
+POLICY_MFA_REASON = "the policy asks for step-up MFA to approve this job"
 
 
 class JobNotFound(LookupError):
@@ -149,6 +153,12 @@ class Broker:
         # One person per server (a desktop): every approval is checked against the TOTP of the
         # server's user. Team servers check each approver's own.
         self.mfa_single_user = True
+        # live_notebooks.LiveNotebooks when jupyter-collaboration runs (set by the extension).
+        self.live_notebooks: Any = None
+        # Set by the app while an in-server agent extension is enabled and QGuardApp.
+        # inprocess_agents is require_mfa (agents/inprocess.py): such an agent can use the
+        # user's token, so every approval of a job not on a simulator needs a TOTP code too.
+        self.forced_mfa_reason: str | None = None
         self.events.observer = self._observe
 
     # -- audit ----------------------------------------------------------------------------
@@ -210,6 +220,7 @@ class Broker:
             log.error("qguard task %s failed", task.get_name(), exc_info=task.exception())
 
     def _changed(self, job: dict[str, Any], kind: str = "job") -> dict[str, Any]:
+        self.with_mfa(job)
         self.events.publish({"type": kind, "job": job})
         self.waiters.notify(job["id"])
         return job
@@ -477,6 +488,14 @@ class Broker:
             )
         except WorkspacePathError as exc:  # hashing.BoundFileRefused among them
             raise InvalidRequest(f"files: {exc}") from None
+        notebook = requester["notebook"]
+        if notebook and self.live_notebooks is not None:
+            # A notebook open in a collaboration room is bound as its live document has it:
+            # the cell that made this request may reach the disk only at the room's next
+            # save, which would otherwise void the request it made.
+            live = await self.live_notebooks.code_hash(notebook)
+            if live is not None:
+                files[wio.normalize(notebook)] = live
         return await self.admit(request, payload, requester, files)
 
     async def admit(
@@ -743,6 +762,23 @@ class Broker:
         job = await self._db(self.store.get_with_history if history else self.store.get, job_id)
         if job is None:
             raise JobNotFound(job_id)
+        return self.with_mfa(job)
+
+    def mfa_reasons(self, job: dict[str, Any]) -> list[str]:
+        """Why approving `job` needs a TOTP code; empty: it needs none. The policy's word, and
+        an in-server agent extension's presence for a job whose backend is not in the pack's
+        simulator tier (as the policy saw it when it checked the job; a pack changed since
+        voids the job at approval)."""
+        decision = job.get("decision") or {}
+        reasons = [POLICY_MFA_REASON] if decision.get("mfa_required") else []
+        if self.forced_mfa_reason and decision.get("tier") != SIMULATOR_TIER:
+            reasons.append(self.forced_mfa_reason)
+        return reasons
+
+    def with_mfa(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The job with `mfa` {required, reasons}: what the panel shows by the code field."""
+        reasons = self.mfa_reasons(job)
+        job["mfa"] = {"required": bool(reasons), "reasons": reasons}
         return job
 
     async def review(self, job_id: str) -> dict[str, Any]:
@@ -813,8 +849,9 @@ class Broker:
                 "this job needs approvals from other people than the one who asked for it "
                 f"({job['requester']['user']})"
             )
-        if decision.get("mfa_required"):
-            await self._check_mfa(job_id, approver, otp)
+        mfa_reasons = self.mfa_reasons(job)
+        if mfa_reasons:
+            await self._check_mfa(job_id, approver, otp, mfa_reasons)
         # Budgets and rates move while a job waits: ask the policy again before reserving.
         self.reload_policy()
         if self.policy.version != job["policy_version"]:
@@ -826,7 +863,9 @@ class Broker:
         )
         if not now.allow:
             raise ApprovalRefused("the policy no longer allows this job: " + "; ".join(now.deny))
-        count = await self._db(self.store.add_approval, job_id, approver, digest)
+        count = await self._db(
+            self.store.add_approval, job_id, approver, digest, mfa=mfa_reasons or None
+        )
         needed = int(job["decision"].get("approvals_required", 1))
         if count < needed:
             return self._changed(await self.get(job_id), kind="approval")
@@ -839,31 +878,48 @@ class Broker:
         )
         return await self._enqueue(job_id, actor=f"user:{approver}")
 
-    async def _check_mfa(self, job_id: str, approver: str, otp: str | None) -> None:
-        """Step-up MFA: a TOTP code of the approver's, checked here and used once only."""
+    async def _check_mfa(
+        self, job_id: str, approver: str, otp: str | None, reasons: list[str]
+    ) -> None:
+        """Step-up MFA: a TOTP code of the approver's, checked here and used once only.
+        `reasons` (mfa_reasons) are said in the refusals and kept in the audit entries."""
         person = self.user if self.mfa_single_user else approver
+        why = "; ".join(reasons)
         if self.credentials is None or not await self._db(
             creds.mfa_enrolled, self.credentials, person
         ):
+            self.record(
+                "approval.refused",
+                job=job_id,
+                approver=approver,
+                why="mfa_not_enrolled",
+                mfa=reasons,
+            )
             raise ApprovalRefused(
-                f"the policy asks for step-up MFA to approve this job, and {person} has no MFA "
-                "enrolled: run `jupyter qguard mfa enroll` on the server"
+                f"{why}, and {person} has no MFA enrolled: run `jupyter qguard mfa enroll` on "
+                "the server"
             )
         if not otp:
-            raise MfaRequired(
-                f"the policy asks for step-up MFA to approve this job: send the current code "
-                f"of {person}'s authenticator app"
+            self.record(
+                "approval.refused", job=job_id, approver=approver, why="mfa_required", mfa=reasons
             )
+            raise MfaRequired(f"{why}: send the current code of {person}'s authenticator app")
         step = await self._db(creds.mfa_time_step, self.credentials, person, otp)
         if step is None:
-            self.record("mfa.refused", job=job_id, user=person, approver=approver, why="wrong")
+            self.record(
+                "mfa.refused", job=job_id, user=person, approver=approver, why="wrong", mfa=reasons
+            )
             raise ApprovalRefused("the MFA code is wrong or has expired")
         if not await self._db(self.store.claim_mfa_step, person, step):
-            self.record("mfa.refused", job=job_id, user=person, approver=approver, why="reused")
+            self.record(
+                "mfa.refused", job=job_id, user=person, approver=approver, why="reused", mfa=reasons
+            )
             raise ApprovalRefused(
                 "this MFA code was already used: wait for the next one (codes are single-use)"
             )
-        self.record("mfa.verified", job=job_id, user=person, approver=approver, step=step)
+        self.record(
+            "mfa.verified", job=job_id, user=person, approver=approver, step=step, mfa=reasons
+        )
 
     async def _enqueue(self, job_id: str, *, actor: str) -> dict[str, Any]:
         job = await self._move(job_id, State.QUEUED, actor=actor, expect={State.APPROVED})
@@ -920,9 +976,10 @@ class Broker:
         user: str | None = None,
         before: dt.datetime | None = None,
     ) -> list[dict[str, Any]]:
-        return await self._db(
+        jobs = await self._db(
             self.store.list, states=states, limit=limit, backend=backend, user=user, before=before
         )
+        return [self.with_mfa(job) for job in jobs]
 
     async def jobs_for(
         self, *, kernel_id: str, notebook: str | None, limit: int

@@ -400,8 +400,11 @@ class Store:
             session.refresh(job)
             return _job_dict(job)
 
-    def add_approval(self, job_id: str, approver: str, digest: str) -> int:
-        """Record one approval; return how many distinct approvers the job now has."""
+    def add_approval(
+        self, job_id: str, approver: str, digest: str, *, mfa: list[str] | None = None
+    ) -> int:
+        """Record one approval; return how many distinct approvers the job now has. `mfa`: why
+        it needed a TOTP code (checked before), kept in its audit entry."""
         with self._tx() as session:
             session.add(Approval(job_id=job_id, approver=approver, digest=digest, at=utcnow()))
             session.flush()
@@ -419,6 +422,7 @@ class Store:
                 approver=approver,
                 digest=digest,
                 approvals_given=given,
+                **({"mfa": mfa} if mfa else {}),
             )
             return given
 

@@ -101,4 +101,9 @@ def format_report(rep: dict[str, Any]) -> str:
         lines += [f"  environment: {n}" for n in creds["environment"]]
     else:
         lines.append("No plaintext credentials found in the usual places.")
+    if "inprocess_agents" in rep:
+        from ..agents.inprocess import format_doctor
+
+        lines.append("")
+        lines += format_doctor(rep["inprocess_agents"])
     return "\n".join(lines)

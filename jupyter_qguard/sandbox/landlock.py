@@ -1,8 +1,8 @@
 """The Landlock layer: the kernel reads the Python prefix and the system, writes only its
 workspace (or, started with an agent token, only the directories its manifest lets it write,
-the rest of the workspace read-only) and its own directory, and binds or connects no TCP port;
-abstract unix sockets and signals are scoped to its own domain (ABI 6+). Built with
-landlockpy."""
+the rest of the workspace read-only) and its own directory, and binds or connects no TCP port
+(an agent process: connects to its two loopback listeners' ports only); abstract unix sockets
+and signals are scoped to its own domain (ABI 6+). Built with landlockpy."""
 
 from __future__ import annotations
 
@@ -201,8 +201,10 @@ def apply(
     guard_top_level: bool = False,
     own_proc: bool = True,
     write_paths: list[str] | None = None,
+    connect_ports: list[int] | tuple[int, ...] = (),
 ) -> dict[str, Any]:
-    """Restrict this process (and its future children) for good; return what was applied."""
+    """Restrict this process (and its future children) for good; return what was applied.
+    TCP: no bind at all, and connect only to `connect_ports` (none by default)."""
     abi = abi_version()
     if abi < 1:
         raise OSError("Landlock is not available in this kernel (or disabled at boot)")
@@ -249,6 +251,9 @@ def apply(
                 os.close(ws_fd)
         for p in writable:
             _allow(rs, p, everything, granted)
+        connect = sorted(
+            port for port in set(connect_ports) if rs.allow_port(port, AccessNet.CONNECT_TCP)
+        )
         rs.restrict()
         return {
             "active": True,
@@ -259,5 +264,6 @@ def apply(
             "writable": sorted(p for p, mode in granted.items() if mode == "rw"),
             "readable_count": sum(1 for m in granted.values() if m == "ro"),
             "workspace": "whole" if write_paths is None else "manifest write paths only",
+            "connect_tcp": connect,
             **({"write_refused": refused} if refused else {}),
         }

@@ -3,7 +3,8 @@
 Runs in the kernel process before any agent code. The interpreter starts isolated (`-I`: no
 working directory on sys.path, no PYTHON* variables, no user site), so nothing in the
 workspace is imported before confinement; the launcher itself imports only the standard
-library and installed packages. First, as the server's user: the manifest's write directories,
+library and installed packages. The layers are confinement.py's, shared with agent processes
+(agent_launch.py). First, as the server's user: the manifest's write directories,
 namespaces and mounts (the workspace nosuid/nodev, every `.git` read-only and fixed in place,
 the manifest's denied files hidden), the idmapped workspace, then the end of privilege (a root
 server's kernel becomes a uid of its own; a user-namespace kernel sheds every capability).
@@ -16,245 +17,43 @@ interpreter start.
 
 from __future__ import annotations
 
-import json
 import os
-import stat
 import sys
 from typing import Any
 
-from .environment import CHANNEL_FD_VAR
+from . import confinement
+from .confinement import FAILED_EXIT, Target
 from .spec import SPEC_VAR, SandboxSpec
 
-FAILED_EXIT = 3
+__all__ = ["FAILED_EXIT", "KERNEL", "confine", "main"]
 
-
-def fail(message: str) -> None:
-    sys.stderr.write(f"qguard: the agent kernel cannot start: {message}\n")
-    sys.stderr.flush()
-    os._exit(FAILED_EXIT)
-
-
-def _check_channel() -> int:
-    fd_text = os.environ.get(CHANNEL_FD_VAR, "")
-    try:
-        fd = int(fd_text)
-        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-            raise OSError("not a socket")
-    except (ValueError, OSError) as exc:
-        fail(
-            f"it has no broker channel ({CHANNEL_FD_VAR}={fd_text!r}: {exc}); a qguard agent "
-            "kernel must be started by the qguard kernel provisioner, inside a Jupyter server "
-            "with the jupyter_qguard extension"
-        )
-    return fd
-
-
-def _layer(report: dict[str, Any], name: str, spec: SandboxSpec, fn: Any) -> None:
-    if name in spec.disabled:
-        report[name] = {"active": False, "why": "disabled by configuration"}
-        return
-    try:
-        report[name] = fn()
-    except (OSError, ValueError, RuntimeError) as exc:
-        report[name] = {"active": False, "why": f"{type(exc).__name__}: {exc}"}
-
-
-# -- before privilege ends -----------------------------------------------------------------
-
-
-def isolate(spec: SandboxSpec, report: dict[str, Any]) -> int | OSError | None:
-    """Everything done with the server's privilege. Returns the notebook's folder held open
-    (or why it could not be), for enter_workspace()."""
-    from . import identity, landlock, namespaces
-    from .syscalls import PR_SET_DUMPABLE, drop_all_capabilities, prctl
-
-    root = os.geteuid() == 0
-    # Where the process was started (the provisioner starts it outside the workspace, at "/",
-    # when it names the notebook's folder in spec.cwd; else in that folder).
-    cwd = os.getcwd()
-    if spec.write_paths is not None:
-        # Made now, by the server's user, owned like the workspace root: after the uid drop
-        # the kernel could not create its own lane next to files it may only read.
-        report["manifest"] = landlock.prepare_write_paths(spec.workspace, spec.write_paths)
-    idmapped = None
-    if root and spec.kernel_uid is not None and "idmap" not in spec.disabled:
-        try:
-            idmapped = namespaces.idmapped_tree(spec.workspace, spec.kernel_uid, spec.kernel_gid)
-        except OSError as exc:
-            report["idmap"] = {"active": False, "why": f"{exc}; the workspace stays read-only"}
-
-    def ns() -> dict[str, Any]:
-        names = namespaces.enter(rootless=not root)
-        mounts = namespaces.prepare_mounts(
-            workspace=spec.workspace,
-            kernel_dir=spec.kernel_dir,
-            idmapped=idmapped,
-            python_paths=landlock.python_paths() if root else [],
-            hide_patterns=spec.hide_patterns,
-        )
-        # The cwd still points into the mounts as they were, below every mount just made (a
-        # cwd left there would write past the read-only `.git` binds, on a mount without
-        # nosuid): enter it again by its path, so the process sits in the new mounts.
-        os.chdir(cwd)
-        namespaces.fork_into_pid_namespace()  # returns in the kernel, pid 2 of the namespace
-        os.setsid()
-        return {"active": True, "namespaces": names, "mounts": mounts, "session": "new"}
-
-    _layer(report, "namespaces", spec, ns)
-    walk = report["namespaces"].get("mounts", {}).get("walk", {})
-    if walk and not walk.get("complete"):
-        # Shown in the server log (the kernel's stderr is read there) and in the report.
-        sys.stderr.write(
-            f"qguard: the workspace has more than {walk['dirs']} folders: the walk at kernel "
-            "start stopped there, and repositories (.git) further down are not protected in "
-            "this kernel\n"
-        )
-    if idmapped is not None and report["namespaces"].get("active"):
-        report["idmap"] = {"active": True, "workspace": spec.workspace}
-    elif root and "idmap" not in report:
-        report["idmap"] = {"active": False, "why": "needs the mount namespace"}
-
-    # The notebook's folder, held open now (through the new mounts, with the server's rights)
-    # and entered only once confined: without a mount namespace to re-expose it, a root
-    # server's kernel uid may have no path to it at all (a 0700 home above the workspace),
-    # as the kernel once simply inherited it as its working directory.
-    workdir: int | OSError | None = None
-    if spec.cwd:
-        try:
-            workdir = os.open(spec.cwd, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            workdir = exc
-
-    try:
-        if root:
-            if spec.kernel_uid is None:
-                fail("the server runs as root and no kernel uid was chosen")
-            identity.give_dir_to(spec.kernel_dir, spec.kernel_uid, spec.kernel_gid)
-            identity.drop_to(spec.kernel_uid, spec.kernel_gid)  # clears every capability
-            # Changing credentials made the process non-dumpable (its /proc files root's);
-            # it is an ordinary process of its own uid now.
-            prctl(PR_SET_DUMPABLE, 1)
-        elif report.get("namespaces", {}).get("active"):
-            drop_all_capabilities()  # those of the user namespace
-    except OSError as exc:
-        fail(f"could not give up privileges: {exc}")
-    return workdir
-
-
-# -- after ---------------------------------------------------------------------------------
+KERNEL = Target(
+    what="agent kernel",
+    noun="kernel",
+    started_by="the qguard kernel provisioner, inside a Jupyter server with the jupyter_qguard "
+    "extension",
+)
 
 
 def confine(argv: list[str]) -> None:
-    from . import identity, landlock, rlimits, seccomp
-
     spec = SandboxSpec.from_env()
-    report: dict[str, Any] = {}
-    workdir = isolate(spec, report)
-    report["env"] = {"active": True, "names": sorted(os.environ)}
-
-    def nonroot() -> dict[str, Any]:
-        caps = identity.status_line("CapEff")
-        if os.getuid() == 0 or os.geteuid() == 0:
-            raise OSError("the kernel runs as root")
-        if caps != "0" * 16 or identity.status_line("CapPrm") != "0" * 16:
-            raise OSError(f"the kernel holds capabilities {int(caps, 16):#x}")
-        return {
-            "active": True,
-            "uid": os.getuid(),
-            "gid": os.getgid(),
-            "capabilities": identity.status_line("CapEff"),
-        }
-
-    _layer(report, "nonroot", spec, nonroot)
-    _layer(report, "rlimits", spec, lambda: rlimits.apply(spec.rlimits))
-    # The private devpts (if the mount namespace gave one) is the kernel's own: `!cmd` needs it.
-    mounts = report.get("namespaces", {}).get("mounts", {})
-    ptys = ["/dev/ptmx", "/dev/pts"] if mounts.get("devpts") is True else []
-    _layer(
-        report,
-        "landlock",
-        spec,
-        lambda: landlock.apply(
-            workspace=spec.workspace,
-            kernel_dir=spec.kernel_dir,
-            extra_read=spec.extra_read_paths,
-            extra_rw=ptys,
-            guard_top_level=spec.guard_top_level,
-            own_proc=bool(report.get("namespaces", {}).get("active")),
-            write_paths=spec.write_paths,
-        ),
-    )
-    _layer(report, "seccomp", spec, seccomp.apply)
-
-    missing = [
-        f"{name} ({report.get(name, {}).get('why', 'not applied')})"
-        for name in spec.minimum
-        if not report.get(name, {}).get("active")
-    ]
-    manifest = manifest_in_force(spec, report)
-    if manifest is not None:
-        report["manifest"] = manifest
-        if not manifest["active"]:
-            missing.append(f"manifest ({manifest['why']})")
+    confined = confinement.confine(spec, KERNEL)
+    report, missing = confined.report, confined.missing
     # Confined now: only from here on may the process look at the workspace as its own.
-    report["interpreter"] = enter_workspace(spec, workdir)
+    report["interpreter"] = enter_workspace(spec, confined.workdir)
     if not report["interpreter"]["active"]:
         missing.append(f"interpreter ({report['interpreter']['why']})")
     report["env"]["names"] = sorted(os.environ)
-    fd = _check_channel()
-    _send_report(fd, report, ok=not missing)
+    fd = confinement.check_channel(KERNEL)
+    confinement.send_report(fd, report, ok=not missing)
     if missing:
-        fail("minimum isolation not met: " + "; ".join(missing))
+        confinement.fail(KERNEL, "minimum isolation not met: " + "; ".join(missing))
     del os.environ[SPEC_VAR]
     # In the pid namespace the kernel's parent is its own init, which ipykernel's parent
     # poller would take for "the server is gone". Parent death is handled by PR_SET_PDEATHSIG.
     if report.get("namespaces", {}).get("active"):
         os.environ.pop("JPY_PARENT_PID", None)
     start_ipykernel(argv)
-
-
-def manifest_in_force(spec: SandboxSpec, report: dict[str, Any]) -> dict[str, Any] | None:
-    """Whether an agent token's manifest holds in the kernel (None: no manifest to hold). Its
-    write paths are Landlock's write rules; its denied files are hidden in the mount
-    namespace. Without that namespace, or with the walk cut short, what must be hidden may
-    still be readable: then the kernel does not start (fail closed), and says why."""
-    prepared = report.pop("manifest", {})  # what isolate() did before privilege ended
-    if spec.write_paths is None and not spec.hide_patterns:
-        return None
-    why = []
-    out: dict[str, Any] = {"active": True}
-    if spec.write_paths is not None:
-        ll = report.get("landlock", {})
-        out["write_paths"] = list(spec.write_paths)
-        out["write_paths_created"] = prepared.get("created", [])
-        if prepared.get("refused") or ll.get("write_refused"):
-            out["write_paths_refused"] = [
-                *prepared.get("refused", []),
-                *ll.get("write_refused", []),
-            ]
-        if not ll.get("active"):
-            why.append("its write paths need Landlock, which is not in force")
-    if spec.hide_patterns:
-        out["hide_patterns"] = list(spec.hide_patterns)
-        ns = report.get("namespaces", {})
-        hidden = ns.get("mounts", {}).get("hidden") if ns.get("active") else None
-        if hidden is None:
-            why.append(
-                "its denied files are hidden in a mount namespace of the kernel's own, and "
-                f"there is none ({ns.get('why', 'not applied')})"
-            )
-        elif not hidden.get("complete"):
-            why.append(
-                "the workspace has more folders than the walk at start visits "
-                f"({ns['mounts']['walk']['dirs']}): denied files beyond them could not be hidden"
-            )
-        elif hidden.get("failed_count"):
-            why.append("some denied files could not be hidden: " + "; ".join(hidden["failed"]))
-        else:
-            out["hidden"] = hidden["count"]
-    if why:
-        return {**out, "active": False, "why": " and ".join(why)}
-    return out
 
 
 def enter_workspace(spec: SandboxSpec, workdir: int | OSError | None) -> dict[str, Any]:
@@ -352,29 +151,6 @@ def _keep_trusted_bytecode(trees: list[str], writable: list[str]) -> None:
     importlib.util.cache_from_source = cache_from_source
 
 
-def _send_report(fd: int, report: dict[str, Any], *, ok: bool) -> None:
-    """Tell the broker what is in force, once, before any agent code runs."""
-    import socket
-
-    sock = socket.socket(fileno=os.dup(fd))
-    try:
-        msg = {
-            "jsonrpc": "2.0",
-            "id": "sandbox-report",
-            "method": "sandbox_report",
-            "params": {"ok": ok, "layers": report},
-        }
-        sock.sendall(json.dumps(msg).encode() + b"\n")
-        buf = b"" if ok else b"\n"  # a refusal does not wait for the broker's answer
-        while not buf.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    finally:
-        sock.close()
-
-
 def _plain_std_streams() -> None:
     import io
 
@@ -415,7 +191,7 @@ def _cwd_on_sys_path() -> None:
 
 
 def main() -> None:
-    _check_channel()
+    confinement.check_channel(KERNEL)
     confine(sys.argv[1:])
 
 

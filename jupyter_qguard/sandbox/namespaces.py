@@ -123,12 +123,19 @@ def reexpose(closed: dict[str, list[str]], rw: dict[str, int]) -> list[str]:
             fd = sc.open_tree(p, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | sc.AT_RECURSIVE)
             sc.mount_setattr(fd, sc.MOUNT_ATTR_RDONLY, recursive=True)
             clones.append((p, fd))
+    # What each mount point must be once the tmpfs hides the original (a file given to read,
+    # such as `agent run --read SCRIPT`, is bound onto a file, a folder onto a folder).
+    folders = {p: os.path.isdir(p) for p, _ in [*clones, *rw.items()]}
     for top in closed:
         sc.mount("tmpfs", top, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755,size=1m")
     for p, fd in [*clones, *rw.items()]:
         if not any(p == t or p.startswith(t + "/") for t in closed):
             continue
-        os.makedirs(p, mode=0o755, exist_ok=True)
+        if folders[p]:
+            os.makedirs(p, mode=0o755, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(p), mode=0o755, exist_ok=True)
+            os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
         sc.move_mount(fd, p)
         os.close(fd)
     return sorted(closed)

@@ -2,6 +2,14 @@
 all (the broker channel is inherited), none of the calls that reach other processes or the
 kernel's attack surface, and any syscall of a foreign architecture kills the process.
 
+An agent process (`jupyter qguard agent run`) talks HTTP, so its profile differs in sockets
+only: TCP over IPv4 and IPv6 and connect() (its network namespace has nothing but loopback,
+where its two listeners are, and Landlock lets it connect to their ports alone); no UDP, raw or
+other families, and no AF_UNIX socket() either (socketpair() stays): below Landlock ABI 9 a
+pathname socket (D-Bus, an ssh or gpg agent, another user's service in /tmp) is reachable by
+connect() whatever the file rules say. Everything else is the kernel's, TIOCSTI and TIOCLINUX
+included: an agent sharing the person's terminal cannot push keystrokes into the shell there.
+
 Two rules protect the people and tools that later touch what the agent wrote:
 
 - No symbolic links at all (`symlink`, `symlinkat`: EPERM). Inside the sandbox a link leads
@@ -109,7 +117,24 @@ SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 
 
-def apply() -> dict[str, Any]:
+# Address families are small numbers (AF_MAX is 46 on Linux 6.x); anything above is refused.
+FAMILY_LIMIT = 64
+TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+# Socket types other than SOCK_STREAM (the low 4 bits of socket()'s type argument).
+NON_STREAM_TYPES = (
+    socket.SOCK_DGRAM,
+    socket.SOCK_RAW,
+    socket.SOCK_RDM,
+    socket.SOCK_SEQPACKET,
+    6,  # SOCK_DCCP
+    10,  # SOCK_PACKET
+)
+PROFILES = ("kernel", "agent-process")
+
+
+def apply(profile: str = "kernel") -> dict[str, Any]:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown seccomp profile {profile!r}")
     eperm = sc.ERRNO(errno.EPERM)
     f = sc.SyscallFilter(sc.ALLOW)
     f.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
@@ -119,8 +144,12 @@ def apply() -> dict[str, Any]:
     # Netlink answers EOPNOTSUPP, not EPERM: libzmq (in ipykernel) calls getifaddrs() when it
     # binds, treats EOPNOTSUPP as "no such interface" and any other error as fatal (abort).
     f.add_rule(sc.ERRNO(errno.EOPNOTSUPP), "socket", sc.Arg(0, sc.EQ, socket.AF_NETLINK))
-    f.add_rule(eperm, "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
-    f.add_rule(eperm, "connect")
+    if profile == "kernel":
+        f.add_rule(eperm, "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
+        f.add_rule(eperm, "connect")
+        sockets = {"socket": "AF_UNIX only", "connect": "denied"}
+    else:
+        sockets = _tcp_only(f, eperm)
     # A datagram with an explicit address is a connect() in disguise.
     f.add_rule(eperm, "sendto", sc.Arg(4, sc.NE, 0))
     denied = []
@@ -155,10 +184,25 @@ def apply() -> dict[str, Any]:
     f.load()
     return {
         "active": True,
-        "socket": "AF_UNIX only",
-        "connect": "denied",
+        "profile": profile,
+        **sockets,
         "denied": denied,
         "setuid_setgid_modes": mode_rules,
         "openat2": "ENOSYS",
         "foreign_arch": "kill",
     }
+
+
+def _tcp_only(f: Any, eperm: Any) -> dict[str, str]:
+    """socket(): AF_INET and AF_INET6 of SOCK_STREAM only (netlink as above); connect() open,
+    since Landlock holds TCP connects to the allowed ports."""
+    for family in range(FAMILY_LIMIT):
+        if family not in (*TCP_FAMILIES, socket.AF_NETLINK):
+            f.add_rule(eperm, "socket", sc.Arg(0, sc.EQ, family))
+    f.add_rule(eperm, "socket", sc.Arg(0, sc.GE, FAMILY_LIMIT))
+    for family in TCP_FAMILIES:
+        for kind in NON_STREAM_TYPES:
+            f.add_rule(
+                eperm, "socket", sc.Arg(0, sc.EQ, family), sc.Arg(1, sc.MASKED_EQ, 0xF, kind)
+            )
+    return {"socket": "AF_INET/AF_INET6 stream only", "connect": "TCP, to the allowed ports"}

@@ -17,6 +17,14 @@ SPEC_VAR = "QGUARD_SANDBOX_SPEC"
 LAYERS = ("env", "nonroot", "namespaces", "idmap", "rlimits", "landlock", "seccomp")
 DEFAULT_MINIMUM = ("env", "nonroot", "landlock", "seccomp")
 
+# What the confined process is: an agent kernel (launch.py, ipykernel) or an agent's own
+# process (agent_launch.py, `jupyter qguard agent run -- COMMAND`).
+PROFILE_KERNEL = "kernel"
+PROFILE_AGENT_PROCESS = "agent-process"
+# An agent process reaches the network only through the two listeners of its own network
+# namespace, which need that namespace: without it there is no such process.
+AGENT_PROCESS_MINIMUM = ("env", "nonroot", "namespaces", "landlock", "seccomp")
+
 # Every `.git` (directory or `gitdir:` file) at any depth of the workspace is read-only inside
 # the kernel and fixed in place (workspace_guard.protect_git): hooks, config, commondir, info/,
 # modules/ all run or steer what the person's git does next.
@@ -71,6 +79,18 @@ class SandboxSpec:
     # a kernel with hide patterns does not start).
     write_paths: list[str] | None = None
     hide_patterns: list[str] = field(default_factory=list)
+    # The agent-process profile only (PROFILE_AGENT_PROCESS). `kernel_dir` is then the run's
+    # own directory (its HOME and TMPDIR live there). The command (argv, and the executable
+    # resolved by the trusted CLI), the whole environment it gets, and the loopback TCP
+    # listeners made in its network namespace, by name ("proxy", "jupyter") and port: the
+    # only ports it may connect to. `foreground_tty`: the terminal descriptor whose
+    # foreground process group it becomes (-1: none), as a shell makes a job it starts.
+    profile: str = PROFILE_KERNEL
+    command: list[str] = field(default_factory=list)
+    executable: str = ""
+    command_env: dict[str, str] = field(default_factory=dict)
+    tcp_ports: dict[str, int] = field(default_factory=dict)
+    foreground_tty: int = -1
 
     def to_env(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -57,6 +57,7 @@ class ChangeTracker:
         root: str,
         objects_dir: Path,
         agent_activity: Callable[[], dict[str, tuple[str, float]]],
+        agent_edits: Any = None,
         person: str,
         ignore: list[str] | None,
         debounce_seconds: float,
@@ -70,6 +71,9 @@ class ChangeTracker:
         self.root = str(Path(root).resolve())
         self.snapshots = SnapshotStore(objects_dir, max_object_bytes=max_file_bytes)
         self.agent_activity = agent_activity
+        # agents.collaboration.AgentEdits: what agents wrote through the contents API or a
+        # collaboration room (the server writes it, so no agent kernel was busy).
+        self.agent_edits = agent_edits
         self.person = person
         self.max_total_bytes = max_total_bytes
         self.max_age_seconds = max_age_seconds
@@ -138,7 +142,11 @@ class ChangeTracker:
                 who, reverts, kernels = reverting[0], reverting[1], []
             else:
                 kernels, reverts = self._authors(c, active), None
-                who = f"kernel:{kernels[0]}" if kernels else f"user:{self.person}"
+                agent = self.agent_edits.author(c.path, c.at) if self.agent_edits else None
+                if agent is not None:
+                    who = f"agent:{agent}"
+                else:
+                    who = f"kernel:{kernels[0]}" if kernels else f"user:{self.person}"
             rows.append(
                 {
                     "at": _utc(c.at),
@@ -182,7 +190,7 @@ class ChangeTracker:
         that matters (toolfiles.TOOL_FILES)."""
         found = []
         for row in rows:
-            if not str(row["actor"]).startswith("kernel:"):
+            if not str(row["actor"]).startswith(("kernel:", "agent:")):
                 continue
             rule = tool_file(row["path"])
             if rule is not None:

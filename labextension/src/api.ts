@@ -40,12 +40,24 @@ export interface IJob {
   /** The policy's decision and what fed it (lint, cost, the preflight run). */
   decision?: IDecision | null;
   /**
+   * Whether approving needs a TOTP code, and why: the policy's step-up MFA, or an in-server
+   * agent extension enabled in the server (QGuardApp.inprocess_agents = require_mfa).
+   */
+  mfa?: IMfa;
+  /**
    * Team mode (under JupyterHub): the team broker's page where this job is approved or denied,
    * absolute or root-relative. This server then refuses approve and deny (409).
    */
   approve_url?: string;
   /** Team mode: the job is in the team's shared queue. */
   team?: boolean;
+}
+
+/** What the broker says an approval of the job needs beyond its digest (broker `with_mfa`). */
+export interface IMfa {
+  required: boolean;
+  /** Sentences a person can read, shown by the code field. */
+  reasons: string[];
 }
 
 export interface IFinding {

@@ -501,6 +501,16 @@ export class ApprovalsPanel extends Widget {
     } else if (this._busy.has(job.id)) {
       setBusy(item, true);
     }
+    if (!ended && !brokerUrl && job.mfa?.required) {
+      // Before Approve is pressed: this approval will ask for a code, and why.
+      const note = element(
+        'p',
+        'jp-QGuard-mfa',
+        `Approving needs a code from your authenticator app: ${job.mfa.reasons.join('; ')}`
+      );
+      note.setAttribute('role', 'note');
+      parts.push(note);
+    }
     parts.push(reviewSection(job, this._client), actions);
     item.append(...parts);
     return item;
@@ -508,15 +518,21 @@ export class ApprovalsPanel extends Widget {
 
   private async _approve(job: IJob): Promise<void> {
     await this._act(job, 'Approval failed', async () => {
-      try {
-        return await this._client.approve(job);
-      } catch (err) {
-        if (!(err instanceof QGuardError && err.mfaRequired)) {
-          throw err;
+      // The job says when a code is needed, and why: ask for it at once. Without that word
+      // (an older server, or a reason that came up since), the server's 403 "mfa_required"
+      // says so, with why in its message.
+      let reasons = job.mfa?.required ? job.mfa.reasons : null;
+      if (!reasons) {
+        try {
+          return await this._client.approve(job);
+        } catch (err) {
+          if (!(err instanceof QGuardError && err.mfaRequired)) {
+            throw err;
+          }
+          reasons = [err.message];
         }
       }
-      // The policy wants a second factor for this job: ask for the code, then try again.
-      const otp = await askForCode(job);
+      const otp = await askForCode(job, reasons);
       return otp === null ? null : this._client.approve(job, otp);
     });
   }
@@ -607,10 +623,14 @@ export class ApprovalsPanel extends Widget {
   private _kernelTimer = 0;
 }
 
-/** Asks for the 6-digit code until one is given or the dialog is cancelled (null). */
-async function askForCode(job: IJob): Promise<string | null> {
+/**
+ * Asks for the 6-digit code until one is given or the dialog is cancelled (null); why a code is
+ * needed is said next to the field.
+ */
+async function askForCode(job: IJob, reasons: string[]): Promise<string | null> {
+  const why = reasons.length ? ` Why: ${reasons.join('; ')}.` : '';
   let label =
-    `Approving job ${short(job.id, 8)} needs a second factor. ` +
+    `Approving job ${short(job.id, 8)} needs a second factor.${why} ` +
     'Enter the 6-digit code from your authenticator app.';
   for (;;) {
     const result = await InputDialog.getText({
@@ -629,7 +649,7 @@ async function askForCode(job: IJob): Promise<string | null> {
     if (OTP.test(code)) {
       return code;
     }
-    label = 'The code is 6 digits. Enter the one your authenticator app shows now.';
+    label = `The code is 6 digits.${why} Enter the one your authenticator app shows now.`;
   }
 }
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.agent_tokens import auth, status_of
 from support.helpers import BELL, stored_job
 from support.jupyter_proc import KernelWS
 from tornado.httpclient import HTTPClientError
@@ -36,11 +37,6 @@ limits:
 
 
 @pytest.fixture
-def tokens(jp_serverapp: Any, broker: Any) -> Any:
-    return jp_serverapp.web_app.settings["qguard_agent_tokens"]
-
-
-@pytest.fixture
 def agent_token(tokens: Any, jp_serverapp: Any) -> str:
     manifest = Manifest.parse(MANIFEST, source="test", policy_dir=tokens.policy_dir)
     _, token = tokens.create("bot", manifest)
@@ -55,15 +51,6 @@ def workspace(jp_root_dir: Path) -> Path:
     (jp_root_dir / ".env").write_text("THEME=dark\n")
     (jp_root_dir / "agent" / ".hidden").write_text("hidden\n")
     return jp_root_dir
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"token {token}"}
-
-
-async def status_of(jp_fetch: Any, token: str, *parts: str, **kwargs: Any) -> tuple[int, str]:
-    r = await jp_fetch(*parts, headers=auth(token), raise_error=False, **kwargs)
-    return r.code, r.body.decode(errors="replace")
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -91,22 +78,8 @@ async def server_state(jp_fetch: Any, jp_serverapp: Any, broker: Any, root: Path
 
 
 async def test_everything_outside_the_agents_lane_is_403_and_changes_nothing(
-    jp_fetch, jp_ws_fetch, jp_serverapp, broker, start_kernel, agent_token, workspace, jp_data_dir
+    jp_fetch, jp_ws_fetch, jp_serverapp, broker, start_kernel, agent_token, workspace, forged_spec
 ):
-    # A kernelspec that copies qguard-agent's name, display name and metadata flag but not its
-    # provisioner: the authorizer looks at the provisioner.
-    forged = jp_data_dir / "kernels" / "qguard-agentx"
-    forged.mkdir(parents=True)
-    (forged / "kernel.json").write_text(
-        json.dumps(
-            {
-                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                "display_name": "Python 3 (qguard agent)",
-                "language": "python",
-                "metadata": {"qguard": {"agent": True}},
-            }
-        )
-    )
     plain = await start_kernel(name="python3")
     pending = stored_job(broker.store, user="ada", backend="aer_hw", state="pending_approval")
     before = await server_state(jp_fetch, jp_serverapp, broker, workspace)
@@ -114,32 +87,6 @@ async def test_everything_outside_the_agents_lane_is_403_and_changes_nothing(
     kid, jid = plain.id, pending["id"]
 
     forbidden: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
-        (
-            "start a python3 kernel",
-            ("api", "kernels"),
-            {"method": "POST", "body": body({"name": "python3"})},
-        ),
-        ("start the default kernel", ("api", "kernels"), {"method": "POST", "body": "{}"}),
-        (
-            "start a kernelspec that only copies the name",
-            ("api", "kernels"),
-            {"method": "POST", "body": body({"name": "qguard-agentx"})},
-        ),
-        (
-            "a python3 session",
-            ("api", "sessions"),
-            {
-                "method": "POST",
-                "body": body(
-                    {
-                        "path": "agent/x.ipynb",
-                        "type": "notebook",
-                        "name": "x",
-                        "kernel": {"name": "python3"},
-                    }
-                ),
-            },
-        ),
         (
             "a session on the user's python3 kernel",
             ("api", "sessions"),
@@ -170,8 +117,6 @@ async def test_everything_outside_the_agents_lane_is_403_and_changes_nothing(
                 ),
             },
         ),
-        ("list kernels", ("api", "kernels"), {}),
-        ("list sessions", ("api", "sessions"), {}),
         ("read the user's python3 kernel", ("api", "kernels", kid), {}),
         ("stop the user's python3 kernel", ("api", "kernels", kid), {"method": "DELETE"}),
         (
@@ -239,8 +184,8 @@ async def test_everything_outside_the_agents_lane_is_403_and_changes_nothing(
         ("list jobs", ("qguard", "api", "jobs"), {}),
         ("read the audit log", ("qguard", "api", "audit"), {}),
         ("read the sandbox report", ("qguard", "api", "sandbox"), {}),
-        ("list kernelspecs", ("api", "kernelspecs"), {}),
-        ("read a kernelspec", ("api", "kernelspecs", "python3"), {}),
+        ("read the python3 kernelspec", ("api", "kernelspecs", "python3"), {}),
+        ("read the forged kernelspec", ("api", "kernelspecs", forged_spec), {}),
         ("read the server's config", ("api", "config", "notebook"), {}),
         (
             "change the server's config",
@@ -253,11 +198,12 @@ async def test_everything_outside_the_agents_lane_is_403_and_changes_nothing(
             {"method": "PUT", "body": body({"raw": "{}"})},
         ),
         ("open JupyterLab", ("lab",), {}),
-        ("read the server's status", ("api", "status"), {}),
         ("convert a notebook", ("nbconvert", "html", "notes.txt"), {}),
         ("shut the server down", ("api", "shutdown"), {"method": "POST", "body": ""}),
     ]
     assert len(forbidden) >= 25
+    # (Asking for python3, the default or a look-alike kernelspec gives a qguard kernel, and
+    # listings are filtered: test_agent_kernel_choice.py.)
     for what, parts, kwargs in forbidden:
         code, text = await status_of(jp_fetch, agent_token, *parts, **kwargs)
         assert code == 403, f"{what}: {code} {text[:200]}"

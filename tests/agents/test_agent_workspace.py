@@ -18,6 +18,8 @@ from typing import Any
 
 import nbformat
 import pytest
+from support.agent_tokens import auth
+from support.agent_tokens import status_of as call
 from tornado.httpclient import HTTPClientError
 
 from jupyter_qguard.agents.context import current_agent
@@ -38,11 +40,6 @@ limits:
 
 SECRET = '{"default-ibm-quantum": {"channel": "ibm_quantum", "token": "SECRET-IBM-TOKEN-42"}}\n'
 JS = "document.title = 'agent was here'"
-
-
-@pytest.fixture
-def tokens(jp_serverapp: Any, broker: Any) -> Any:
-    return jp_serverapp.web_app.settings["qguard_agent_tokens"]
 
 
 def make_token(tokens: Any, name: str) -> tuple[str, str]:
@@ -76,15 +73,6 @@ def root(jp_root_dir: Path) -> Path:
     (jp_root_dir / "agent" / "a.txt").write_text("agent's file\n")
     (jp_root_dir / "notes.txt").write_text("the user's notes\n")
     return jp_root_dir
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"token {token}"}
-
-
-async def call(jp_fetch: Any, token: str, *parts: str, **kwargs: Any) -> tuple[int, str]:
-    r = await jp_fetch(*parts, headers=auth(token), raise_error=False, **kwargs)
-    return r.code, r.body.decode(errors="replace")
 
 
 def put_body(content: str) -> str:

@@ -57,10 +57,23 @@ def _make_workspace(spawner):
                 "QGuardApp": {{
                     "keyring_backend": "keyrings.alt.file.PlaintextKeyring",
                     "keyring_backend_options": {{"file_path": f"{{home}}/keyring.cfg"}},
-                }}
+                }},
+                # jupyter-collaboration is installed for the MCP tests; the team tests run
+                # without its rooms, as before.
+                "ServerApp": {{
+                    "jpserver_extensions": {{
+                        "jupyter_server_ydoc": False,
+                        "jupyter_server_fileid": False,
+                    }}
+                }},
             }},
             f,
         )
+    # ... and its lab side, or the lab opens notebooks read-only, waiting for rooms.
+    os.makedirs(f"{{home}}/.jupyter/labconfig", exist_ok=True)
+    with open(f"{{home}}/.jupyter/labconfig/page_config.json", "w") as f:
+        off = ["@jupyter/collaboration-extension", "@jupyter/docprovider-extension"]
+        json.dump({{"disabledExtensions": dict.fromkeys(off, True)}}, f)
 
 
 c.Spawner.pre_spawn_hook = _make_workspace

@@ -19,6 +19,10 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+# The server extensions of jupyter-collaboration 5 (rooms, file ids, the lab's doc provider).
+COLLABORATION_EXTENSIONS = ("jupyter_server_ydoc", "jupyter_server_fileid", "jupyter_collaboration")
+COLLABORATION_LAB_PLUGINS = ("@jupyter/collaboration-extension", "@jupyter/docprovider-extension")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -35,8 +39,10 @@ class ServerProcess:
         launcher: list[str] | None = None,
         user: str | None = None,
         env: dict[str, str] | None = None,
+        collaboration: bool = False,
     ) -> None:
         self.user = user
+        self.collaboration = collaboration
         self.extra_env = env or {}
         # -I: started from the workspace, `python -m` would put it first on sys.path (and hand
         # that sys.path to every spawned worker); a trusted process never imports from there.
@@ -69,6 +75,8 @@ class ServerProcess:
     def start(self, timeout: float = 60) -> ServerProcess:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.base / "home").mkdir(exist_ok=True)
+        if not (self.base / "home" / ".jupyter" / "jupyter_server_config.json").exists():
+            self.write_user_config()
         # A custom launcher (the demo) sets port, address and root itself.
         own = [
             f"--ServerApp.port={self.port}",
@@ -108,6 +116,22 @@ class ServerProcess:
             except OSError:
                 time.sleep(0.1)
         raise TimeoutError("server did not start")
+
+    def write_user_config(self) -> None:
+        """jupyter-collaboration (installed for the MCP tests) enables itself in the
+        environment's config: a server here runs with it only when asked, so the other tests
+        keep JupyterLab's plain document model (no rooms, no `.jupyter_ystore.db` in the
+        workspace). Its lab side goes with it, or the lab opens notebooks read-only, waiting
+        for rooms that never come."""
+        config = self.base / "home" / ".jupyter" / "jupyter_server_config.json"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        on = self.collaboration
+        extensions = dict.fromkeys(COLLABORATION_EXTENSIONS, on)
+        config.write_text(json.dumps({"ServerApp": {"jpserver_extensions": extensions}}))
+        page_config = config.parent / "labconfig" / "page_config.json"
+        page_config.parent.mkdir(exist_ok=True)
+        off = {} if on else dict.fromkeys(COLLABORATION_LAB_PLUGINS, True)
+        page_config.write_text(json.dumps({"disabledExtensions": off}))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.proc is not None

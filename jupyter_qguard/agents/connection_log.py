@@ -1,0 +1,112 @@
+"""The records of an agent run's connections, on their way to the server's audit log.
+
+The egress proxy and the Jupyter forwarder add one record per connection; they are sent in
+batches (every second, or as soon as a batch is full) to the run's `connections` route, which
+writes one audit entry each. Fail closed: while a batch cannot be delivered (the server is
+down, its audit log refuses), `refusing()` says why and the proxy and forwarder refuse new
+connections; the CLI says so on stderr once when it starts and once when it is over. Records
+are kept (up to a bound) and sent again, refusals included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Deliver = Callable[[list[dict[str, Any]], int], Awaitable[None]]
+
+
+class DeliveryFailed(Exception):
+    """The server did not take a batch; the message says why, in one line."""
+
+
+class ConnectionLog:
+    def __init__(
+        self,
+        deliver: Deliver,
+        log: logging.Logger,
+        *,
+        interval: float = 1.0,
+        batch: int = 200,
+        max_pending: int = 10_000,
+    ) -> None:
+        self._deliver = deliver
+        self.log = log
+        self.interval = interval
+        self.batch = batch
+        self.max_pending = max_pending
+        self._pending: list[dict[str, Any]] = []
+        self._dropped = 0
+        self._failing: str | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.delivered = 0
+
+    def refusing(self) -> str | None:
+        return self._failing
+
+    def add(self, record: dict[str, Any]) -> None:
+        if len(self._pending) >= self.max_pending:
+            self._dropped += 1  # told to the server (and so to the log) with the next batch
+            return
+        self._pending.append(record)
+        if len(self._pending) >= self.batch:
+            self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.send_pending()
+
+    async def send_pending(self) -> bool:
+        """Deliver what is pending, batch by batch; False at the first batch refused."""
+        while self._pending or self._dropped:
+            batch = self._pending[: self.batch]
+            try:
+                await self._deliver(batch, self._dropped)
+            except DeliveryFailed as exc:
+                if self._failing is None:
+                    self.log.error(
+                        "the server does not take this run's connection records (%s): new "
+                        "connections are refused until it does",
+                        exc,
+                    )
+                self._failing = str(exc)
+                return False
+            del self._pending[: len(batch)]
+            self._dropped = 0
+            self.delivered += len(batch)
+            if self._failing is not None:
+                self.log.warning("connection records are delivered again: connections allowed")
+                self._failing = None
+        return True
+
+    async def close(self, timeout: float = 10.0) -> bool:
+        """Stop the loop and deliver what is left (trying until `timeout`); whether all was."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not await self.send_pending():
+            if loop.time() >= deadline:
+                self.log.error(
+                    "%d connection records of this run could not be delivered: %s",
+                    len(self._pending),
+                    self._failing,
+                )
+                return False
+            await asyncio.sleep(0.5)
+        return True
