@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from . import zero_copy
 from .manifest import split_host_port
 
 HEAD_LIMIT = 65536
@@ -159,6 +160,9 @@ async def splice(
     def down(n: int) -> None:
         conn.bytes_down += n
 
+    # In the kernel where it can be (zero_copy.py), else through Python.
+    if await zero_copy.relay(client, upstream, up, down):
+        return
     await asyncio.gather(_pump(client[0], upstream[1], up), _pump(upstream[0], client[1], down))
 
 
