@@ -27,6 +27,7 @@ two sockets.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import datetime as dt
 import ipaddress
@@ -166,7 +167,7 @@ async def splice(
     await asyncio.gather(_pump(client[0], upstream[1], up), _pump(upstream[0], client[1], down))
 
 
-class _Relay:
+class _Relay(abc.ABC):
     """What the proxy and the forwarder share: the recorder, the open connections (ended
     when the run ends), one record per connection."""
 
@@ -195,13 +196,15 @@ class _Relay:
             writer.close()
             self._tasks.discard(task)
 
+    @abc.abstractmethod
     def connection(self) -> Connection:
-        raise NotImplementedError
+        """The record of a connection just accepted."""
 
+    @abc.abstractmethod
     async def serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection
     ) -> None:
-        raise NotImplementedError
+        """Serve one accepted connection, filling in `conn`."""
 
     def gate(self) -> None:
         why = self.recorder.refusing()

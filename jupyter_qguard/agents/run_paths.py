@@ -201,21 +201,8 @@ def sweep_run_dirs(root: str = "") -> list[str]:
     for path in glob.glob(os.path.join(glob.escape(base), RUN_DIR_PREFIX + "*-*")):
         try:
             pid = int(os.path.basename(path)[len(RUN_DIR_PREFIX) :].split("-", 1)[0])
-            owner = os.lstat(path).st_uid
-        except (ValueError, OSError):
+        except ValueError:
             continue
-        ours = owner == os.geteuid() or (
-            os.geteuid() == 0 and identity.UID_BASE <= owner < identity.UID_BASE + identity.UID_SPAN
-        )
-        if not ours or pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-            continue  # that CLI still runs
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
+        if identity.remove_if_orphaned(path, pid):
+            removed.append(path)
     return removed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 # Kernel uids for a root server: one per kernel, from a range no account uses, so kernels
@@ -36,3 +37,26 @@ def status_line(name: str) -> str:
         if line.startswith(name + ":"):
             return line.split(":", 1)[1].strip()
     return ""
+
+
+def remove_if_orphaned(path: str, pid: int) -> bool:
+    """Remove `path`, a directory named after the process `pid` that made it (a server's
+    kernel dir, an `agent run`'s run dir), when that process is gone and the directory is
+    ours: owned by this user or, for root, by one of the uids kernels and runs get. True if
+    removed."""
+    try:
+        owner = os.lstat(path).st_uid
+    except OSError:
+        return False
+    ours = owner == os.geteuid() or (os.geteuid() == 0 and UID_BASE <= owner < UID_BASE + UID_SPAN)
+    if not ours or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+        return False  # it still runs
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return False  # alive, another user's
+    shutil.rmtree(path, ignore_errors=True)
+    return True

@@ -319,23 +319,6 @@ def sweep_stale_kernel_dirs(root: str) -> list[Path]:
             pid = int(path.name.split("-")[1])
         except (IndexError, ValueError):
             continue
-        try:
-            owner = path.stat().st_uid
-        except OSError:
-            continue
-        # Ours: owned by this user, or (root server) by one of the kernel uids we hand out.
-        mine = owner == os.geteuid() or (
-            os.geteuid() == 0 and identity.UID_BASE <= owner < identity.UID_BASE + identity.UID_SPAN
-        )
-        if pid == os.getpid() or not mine:
-            continue
-        try:
-            os.kill(pid, 0)
-            continue  # that server is alive
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
+        if identity.remove_if_orphaned(str(path), pid):
+            removed.append(path)
     return removed
