@@ -167,5 +167,7 @@ class AgentRunConnectionsHandler(AgentRunsBase):
     async def post(self, run_id: str) -> None:
         body = self.body(CONNECTIONS_SCHEMA)
         records = body["connections"]
-        await self.call(self.runs.add_connections, run_id, records, body.get("dropped", 0))
-        self.finish(json.dumps({"id": run_id, "recorded": len(records)}))
+        written = await self.call(
+            self.runs.add_connections, run_id, records, body.get("dropped", 0)
+        )
+        self.finish(json.dumps({"id": run_id, "recorded": written}))

@@ -5,7 +5,9 @@ batches (every second, or as soon as a batch is full) to the run's `connections`
 writes one audit entry each. Fail closed: while a batch cannot be delivered (the server is
 down, its audit log refuses), `refusing()` says why and the proxy and forwarder refuse new
 connections; the CLI says so on stderr once when it starts and once when it is over. Records
-are kept (up to a bound) and sent again, refusals included.
+are kept (up to a bound) and sent again, refusals included. Each record is numbered (`seq`),
+so a batch sent again after its answer was lost is written once, and closing lets a delivery
+under way finish instead of cancelling it halfway (which would send it twice).
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ class ConnectionLog:
         self._dropped = 0
         self._failing: str | None = None
         self._wake = asyncio.Event()
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._seq = 0
         self.delivered = 0
 
     def refusing(self) -> str | None:
@@ -51,7 +55,8 @@ class ConnectionLog:
         if len(self._pending) >= self.max_pending:
             self._dropped += 1  # told to the server (and so to the log) with the next batch
             return
-        self._pending.append(record)
+        self._pending.append({**record, "seq": self._seq})
+        self._seq += 1
         if len(self._pending) >= self.batch:
             self._wake.set()
 
@@ -59,13 +64,14 @@ class ConnectionLog:
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             except TimeoutError:
                 pass
             self._wake.clear()
-            await self.send_pending()
+            if not self._closing:
+                await self.send_pending()
 
     async def send_pending(self) -> bool:
         """Deliver what is pending, batch by batch; False at the first batch refused."""
@@ -92,14 +98,17 @@ class ConnectionLog:
 
     async def close(self, timeout: float = 10.0) -> bool:
         """Stop the loop and deliver what is left (trying until `timeout`); whether all was."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        if self._task is not None:
+            # Let a delivery under way end (cancelled halfway, the server may have written
+            # the batch without the CLI knowing); the loop stops after it.
+            self._closing = True
+            self._wake.set()
+            try:
+                await asyncio.wait_for(self._task, timeout)
+            except TimeoutError:
+                pass  # the batch stays pending: sent again below, written once by its seq
         while not await self.send_pending():
             if loop.time() >= deadline:
                 self.log.error(

@@ -59,8 +59,11 @@ START_SCHEMA: dict[str, Any] = {
 CONNECTION_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["via", "host", "port", "allowed", "reason", "bytes_up", "bytes_down"],
+    "required": ["seq", "via", "host", "port", "allowed", "reason", "bytes_up", "bytes_down"],
     "properties": {
+        # The record's number in its run, from 0: a batch sent again (its answer was lost,
+        # or the CLI gave up waiting) is written once.
+        "seq": {"type": "integer", "minimum": 0},
         "via": {"enum": ["proxy", "jupyter"]},
         "method": {"type": "string", "maxLength": 16},
         "host": {"type": "string", "maxLength": 262},
@@ -126,6 +129,7 @@ class AgentRun:
     lease_until: dt.datetime
     connections: int = 0
     refused: int = 0
+    next_seq: int = 0  # the first record number not yet written
 
 
 class AgentRuns:
@@ -213,16 +217,26 @@ class AgentRuns:
         run = self.get(run_id)
         self.audit("agent_run.confined", run=run.id, agent=run.name, **summary)
 
-    def add_connections(self, run_id: str, records: list[dict[str, Any]], dropped: int) -> None:
-        """One `agent_run.connection` entry each, in order; raises at the first that cannot
-        be written (the CLI sends the batch again)."""
+    def add_connections(self, run_id: str, records: list[dict[str, Any]], dropped: int) -> int:
+        """One `agent_run.connection` entry each, in order, for the records not written yet
+        (by `seq`); raises at the first that cannot be written (the CLI sends the batch
+        again). How many were written."""
         run = self.get(run_id)
-        for record in records:
-            self.audit("agent_run.connection", run=run.id, agent=run.name, **record)
-            run.connections += 1
-            run.refused += 0 if record["allowed"] else 1
-        if dropped:
-            self.audit("agent_run.connections_dropped", run=run.id, agent=run.name, count=dropped)
+        written = 0
+        with self._lock:  # one writer per run: two deliveries of one batch never interleave
+            for record in records:
+                if record["seq"] < run.next_seq:
+                    continue  # delivered before
+                self.audit("agent_run.connection", run=run.id, agent=run.name, **record)
+                run.next_seq = record["seq"] + 1
+                run.connections += 1
+                run.refused += 0 if record["allowed"] else 1
+                written += 1
+            if dropped and (written or not records):  # once, with the batch that follows them
+                self.audit(
+                    "agent_run.connections_dropped", run=run.id, agent=run.name, count=dropped
+                )
+        return written
 
     def end(self, run_id: str, *, reason: str, exit_status: int | None = None) -> AgentRun:
         """Revoke the run's token and write `agent_run.ended`."""

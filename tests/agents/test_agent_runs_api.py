@@ -20,6 +20,7 @@ limits: {max_shots: 100, max_cost_per_job: 0, rate: {jobs: 5, per_seconds: 60}}
 network: {allow: ["api.example.com:443", "[::1]:8080"]}
 """
 RECORD = {
+    "seq": 0,
     "via": "proxy",
     "method": "CONNECT",
     "host": "api.example.com",
@@ -85,11 +86,18 @@ async def test_a_run_mints_a_leased_token_that_ends_with_it(
     assert (await call(jp_fetch, "POST", "qguard/api/agent-runs", rid, "sandbox", body=summary))[
         0
     ] == 200
-    batch = {"connections": [RECORD, {**RECORD, "allowed": False, "reason": "not allowed"}]}
+    batch = {
+        "connections": [RECORD, {**RECORD, "seq": 1, "allowed": False, "reason": "not allowed"}]
+    }
     code, out = await call(
         jp_fetch, "POST", "qguard/api/agent-runs", rid, "connections", body=batch
     )
     assert (code, out["recorded"]) == (200, 2)
+    # The same batch again (its answer lost, or the CLI gave up waiting): written once.
+    code, out = await call(
+        jp_fetch, "POST", "qguard/api/agent-runs", rid, "connections", body=batch
+    )
+    assert (code, out["recorded"]) == (200, 0)
     code, out = await call(jp_fetch, "DELETE", "qguard/api/agent-runs", rid, exit_status=3)
     assert (code, out["connections"]) == (200, 2)
     assert (await call(jp_fetch, "GET", "api", "contents", token=token))[0] == 403
@@ -215,6 +223,8 @@ async def test_bad_records_and_unknown_runs(jp_fetch: Any, broker: Any) -> None:
         {"connections": [{**RECORD, "port": 70000}]},
         {"connections": [{**RECORD, "via": "elsewhere"}]},
         {"connections": [{k: v for k, v in RECORD.items() if k != "allowed"}]},
+        {"connections": [{k: v for k, v in RECORD.items() if k != "seq"}]},
+        {"connections": [{**RECORD, "seq": -1}]},
         {"records": []},
     ):
         code, _ = await call(
