@@ -112,6 +112,7 @@ c.QGuardApp.mfa_single_user = False
 c.QGuardBrokerService.request_scope = "custom:qguard:request"
 c.QGuardBrokerService.approve_scope = "custom:qguard:approve"
 c.QGuardBrokerService.admin_scope = "custom:qguard:admin"
+c.QGuardBrokerService.review_scope = "custom:qguard:review"
 
 # Where people reach the approval pages (<public_url>jobs/<id>; the lab panel links there).
 # Default: the service prefix on the hub's origin, /services/qguard/. With

@@ -7,7 +7,8 @@
 #   kernels and forwards their job requests to the service with its own hub token. It holds no
 #   provider credentials.
 # - Approval rights are JupyterHub scopes: custom:qguard:request, custom:qguard:approve,
-#   custom:qguard:admin.
+#   custom:qguard:admin, and custom:qguard:review (the team's queue, read only: the one
+#   approvers' servers carry).
 #
 # Start: `jupyterhub -f /etc/jupyterhub/jupyterhub_config.py` as root (the local-process spawner
 # starts each user's server as that user's system account). See docs/team-mode.md.
@@ -76,9 +77,10 @@ c.Spawner.server_token_scopes = [
     "custom:qguard:request",
     "access:services!service=qguard",
     # Only an approver's server gets this one (the hub gives a server's token only scopes its
-    # user holds): the team's queue in their lab panel. Never used to approve: approvals are
-    # made on the service's pages.
-    "custom:qguard:approve",
+    # user holds): the team's queue in their lab panel, read only. Never custom:qguard:approve
+    # here: whatever runs in a server (an in-server agent's shell tool) can use its token.
+    # Approvals are made on the service's pages, signed in.
+    "custom:qguard:review",
 ]
 
 # -- scopes, groups, roles --------------------------------------------------------------------
@@ -87,6 +89,7 @@ c.JupyterHub.custom_scopes = {
     "custom:qguard:request": {"description": "Ask the qguard broker to run quantum jobs."},
     "custom:qguard:approve": {"description": "Approve or deny quantum jobs of the team."},
     "custom:qguard:admin": {"description": "Administer the qguard broker."},
+    "custom:qguard:review": {"description": "Read the team's queue of quantum jobs."},
 }
 
 # Approvers are the members of the hub group `approvers`. load_groups only adds: take someone
@@ -106,7 +109,7 @@ c.JupyterHub.load_roles = [
         "name": "qguard-approvers",
         "description": "Approve or deny the team's quantum jobs.",
         "groups": ["approvers"],
-        "scopes": ["custom:qguard:approve"],
+        "scopes": ["custom:qguard:approve", "custom:qguard:review"],
     },
     {
         "name": "qguard-admins",

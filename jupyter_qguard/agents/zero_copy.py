@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Any
 
 PIPE_BYTES = 1 << 20
-SOCKET_BYTES = 4 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 
@@ -33,17 +32,9 @@ class _Side:
         self.reader, self.writer = reader, writer
         self.transport: Any = writer.transport
         sock = writer.get_extra_info("socket")
+        # The sockets' buffers are left to the kernel's autotuning: a fixed SO_RCVBUF turns it
+        # off, and 4 MiB fixed was ~1 ms slower per 10 MB than letting it grow.
         self.fd = os.dup(sock.fileno()) if sock is not None else -1
-        if self.fd >= 0:
-            # Deep socket buffers: fewer rounds of the loop per megabyte.
-            raw = socket.socket(fileno=os.dup(self.fd))
-            try:
-                for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                    raw.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BYTES)
-            except OSError:
-                pass
-            finally:
-                raw.close()
 
     def buffered(self) -> bytes:
         """What the StreamReader read from the socket already and nobody consumed. (asyncio

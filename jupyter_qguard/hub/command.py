@@ -45,6 +45,12 @@ class QGuardBrokerService(QGuardCommand):
         "custom:qguard:admin",
         help="Scope that lets a person see and cancel every job (no approving).",
     ).tag(config=True)
+    review_scope = Unicode(
+        "custom:qguard:review",
+        help="Scope that lets an approver's server show the team's queue in its panel: read "
+        "only. Give servers this one, never the approve scope: whatever runs in a server "
+        "(an in-server agent) can use the server's token.",
+    ).tag(config=True)
 
     public_url = Unicode(
         help="Where people reach the approval pages, ending in the service prefix (e.g. "
@@ -100,7 +106,9 @@ class QGuardBrokerService(QGuardCommand):
             hub_auth=hub_auth,
             prefix=self.prefix,
             public_url=self.public_url,
-            scopes=Scopes(self.request_scope, self.approve_scope, self.admin_scope),
+            scopes=Scopes(
+                self.request_scope, self.approve_scope, self.admin_scope, self.review_scope
+            ),
             groups_of=groups.refresh_for(broker),
             cookie_secret=read_or_create_key(state / "service-cookie-secret"),
         )

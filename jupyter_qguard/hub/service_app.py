@@ -36,8 +36,17 @@ CSP = (
 
 
 class Scopes:
-    def __init__(self, request: str, approve: str, admin: str) -> None:
-        self.request, self.approve, self.admin = request, approve, admin
+    """The scope names the service checks. `review` reads the team's queue and never
+    decides: it is the one approvers' servers carry, since an in-server agent can use a
+    server's token; approving takes `approve`, which only a person's own token carries (their
+    sign-in to these pages, or one they made)."""
+
+    def __init__(self, request: str, approve: str, admin: str, review: str) -> None:
+        self.request, self.approve, self.admin, self.review = request, approve, admin, review
+
+    @property
+    def any(self) -> tuple[str, ...]:
+        return (self.request, self.approve, self.admin, self.review)
 
 
 class ServiceHandler(HubOAuthenticated, web.RequestHandler):
@@ -102,7 +111,8 @@ class ServiceHandler(HubOAuthenticated, web.RequestHandler):
 
     @property
     def sees_all(self) -> bool:
-        return self.has(self.scopes.approve) or self.has(self.scopes.admin)
+        s = self.scopes
+        return any(self.has(scope) for scope in (s.approve, s.admin, s.review))
 
     def view(self, job: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -140,6 +150,13 @@ class ServiceHandler(HubOAuthenticated, web.RequestHandler):
 
     async def decide(self, job_id: str, action: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Approve or deny as this hub user; errors as HTTP statuses a person can act on."""
+        if self.has(self.scopes.review) and not self.has(self.scopes.approve):
+            raise web.HTTPError(
+                403,
+                f"this token of {self.who['name']} may read the team's queue, not decide "
+                f"({self.scopes.review}: a server's token): approve or deny on "
+                f"{self.settings['qguard_public_url']}jobs/{job_id}, signed in as yourself",
+            )
         self.need(self.scopes.approve)
         name = self.who["name"]
         try:
@@ -176,20 +193,21 @@ class MeHandler(ServiceHandler):
                 "request": self.has(s.request),
                 "approve": self.has(s.approve),
                 "admin": self.has(s.admin),
+                "review": self.has(s.review),
             }
         )
 
 
 class BackendsHandler(ServiceHandler):
     async def get(self) -> None:
-        self.need(self.scopes.request, self.scopes.approve, self.scopes.admin)
+        self.need(*self.scopes.any)
         self.send(self.broker.backend_list())
 
 
 class JobsHandler(ServiceHandler):
     async def get(self) -> None:
         """Approvers and admins: the team's jobs (the queue); others: their own."""
-        self.need(self.scopes.request, self.scopes.approve, self.scopes.admin)
+        self.need(*self.scopes.any)
         states = [s for s in self.get_query_argument("state", "").split(",") if s]
         for s in states:
             if s not in State.__members__.values():
@@ -333,7 +351,7 @@ class QueuePage(ServiceHandler):
 
     @web.authenticated
     async def get(self) -> None:
-        self.need(self.scopes.request, self.scopes.approve, self.scopes.admin)
+        self.need(*self.scopes.any)
         pending = await self.broker.list_jobs(
             states=[State.PENDING_APPROVAL.value],
             limit=500,

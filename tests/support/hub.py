@@ -83,6 +83,7 @@ c.JupyterHub.custom_scopes = {{
     "custom:qguard:request": {{"description": "Ask the qguard broker to run quantum jobs."}},
     "custom:qguard:approve": {{"description": "Approve or deny quantum jobs of the team."}},
     "custom:qguard:admin": {{"description": "Administer the qguard broker."}},
+    "custom:qguard:review": {{"description": "Read the team's queue of quantum jobs."}},
 }}
 c.JupyterHub.load_groups = {{
     "approvers": {{"users": ["alice", "bob", "carol"]}},
@@ -90,7 +91,11 @@ c.JupyterHub.load_groups = {{
 }}
 c.JupyterHub.load_roles = [
     {{"name": "user", "scopes": ["self", "custom:qguard:request"]}},
-    {{"name": "qguard-approvers", "groups": ["approvers"], "scopes": ["custom:qguard:approve"]}},
+    {{
+        "name": "qguard-approvers",
+        "groups": ["approvers"],
+        "scopes": ["custom:qguard:approve", "custom:qguard:review"],
+    }},
     {{
         "name": "qguard-test",
         "scopes": ["admin:users", "admin:servers", "tokens", "read:users", "groups"],
@@ -134,10 +139,9 @@ c.JupyterHub.services.append(
         ],
     }}
 )
-# Approvers' servers show the team queue in the panel: their token carries the approve scope
-# (the hub gives a server only scopes its owner holds). They never approve with it: approvals
-# are made on the service's pages.
-c.Spawner.server_token_scopes += ["access:services!service=qguard", "custom:qguard:approve"]
+# Approvers' servers show the team queue in the panel: their token carries the review scope
+# (the hub gives a server only scopes its owner holds), which reads and never decides.
+c.Spawner.server_token_scopes += ["access:services!service=qguard", "custom:qguard:review"]
 c.Spawner.environment = {{
     "QGUARD_TEAM_BROKER_URL": "http://127.0.0.1:{service_port}/services/qguard/"
 }}

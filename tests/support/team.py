@@ -171,6 +171,27 @@ def service_pids() -> list[int]:
     return pids
 
 
+def server_hub_token(user: str) -> str:
+    """The hub token of `user`'s running server, read from its environment the way anything
+    running in that server can (an in-server agent's shell tool): JUPYTERHUB_API_TOKEN."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            env = dict(
+                item.split(b"=", 1)
+                for item in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+                if b"=" in item
+            )
+        except OSError:
+            continue
+        if env.get(b"JUPYTERHUB_USER") == user.encode() and b"QGUARD_KERNEL_ID" not in env:
+            token = env.get(b"JUPYTERHUB_API_TOKEN")
+            if token:
+                return token.decode()
+    raise AssertionError(f"no running server of {user} with a hub token")
+
+
 def processes_under(base: Path) -> list[int]:
     """Users' servers and their kernels: processes whose HOME is a user's home under `base`."""
     found = []

@@ -16,7 +16,12 @@ from jupyter_qguard.policy.engine import PolicyEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "team"
-SCOPES = {"custom:qguard:request", "custom:qguard:approve", "custom:qguard:admin"}
+SCOPES = {
+    "custom:qguard:request",
+    "custom:qguard:approve",
+    "custom:qguard:admin",
+    "custom:qguard:review",
+}
 
 
 def load(path: Path) -> Any:
@@ -28,14 +33,17 @@ def test_the_hub_config_runs_the_broker_service_with_the_scopes_and_roles():
     assert set(c.JupyterHub.custom_scopes) == SCOPES
     [service] = [s for s in c.JupyterHub.services if s["name"] == "qguard"]
     assert service["command"][:4] == ["jupyter", "qguard", "broker", "--hub"]
-    assert set(service["oauth_client_allowed_scopes"]) >= SCOPES
+    assert set(service["oauth_client_allowed_scopes"]) >= SCOPES - {"custom:qguard:review"}
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert "custom:qguard:request" in roles["user"]["scopes"]
-    assert roles["qguard-approvers"]["scopes"] == ["custom:qguard:approve"]
+    assert roles["qguard-approvers"]["scopes"] == ["custom:qguard:approve", "custom:qguard:review"]
     assert roles["qguard-service"]["services"] == ["qguard"]
     assert {"custom:qguard:request", "access:services!service=qguard"} <= set(
         c.Spawner.server_token_scopes
     )
+    # Whatever runs in a server can use its token: servers read the queue, never decide.
+    assert "custom:qguard:review" in c.Spawner.server_token_scopes
+    assert "custom:qguard:approve" not in c.Spawner.server_token_scopes
     port = service["url"].rsplit(":", 1)[1]
     assert c.Spawner.environment["QGUARD_TEAM_BROKER_URL"] == (
         f"http://127.0.0.1:{port}/services/qguard/"
@@ -64,8 +72,14 @@ def test_the_helm_values_hold_the_same_service_and_scopes():
     assert set(hub["config"]["JupyterHub"]["custom_scopes"]) == SCOPES
     service = hub["services"]["qguard"]
     assert "broker" in service["command"] and "--hub" in service["command"]
-    assert set(service["oauth_client_allowed_scopes"]) >= SCOPES
-    assert "custom:qguard:request" in hub["config"]["Spawner"]["server_token_scopes"]
+    assert set(service["oauth_client_allowed_scopes"]) >= SCOPES - {"custom:qguard:review"}
+    server_scopes = hub["config"]["Spawner"]["server_token_scopes"]
+    assert "custom:qguard:request" in server_scopes and "custom:qguard:review" in server_scopes
+    assert "custom:qguard:approve" not in server_scopes
+    assert values["hub"]["loadRoles"]["qguard-approvers"]["scopes"] == [
+        "custom:qguard:approve",
+        "custom:qguard:review",
+    ]
     assert values["singleuser"]["extraEnv"]["QGUARD_TEAM_BROKER_URL"].endswith("/services/qguard/")
 
 

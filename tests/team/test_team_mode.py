@@ -32,6 +32,7 @@ from support.team import (
     enroll,
     job_of,
     processes_under,
+    server_hub_token,
     service_pids,
     service_ready,
     until,
@@ -61,7 +62,13 @@ async def test_a_team_shares_one_broker_on_jupyterhub(team):
     }
     await service_ready(hub, tokens["bob"])
     me = body(await hub.fetch(hub.service_url + "api/me", token=tokens["dave"]))
-    assert me == {"name": "dave", "request": True, "approve": False, "admin": False}
+    assert me == {
+        "name": "dave",
+        "request": True,
+        "approve": False,
+        "admin": False,
+        "review": False,
+    }
     await hub.spawn("alice")
     await hub.spawn("bob")
     before = cloud.admin("GET", "/v1/admin/state").body["jobs_by_ref"]
@@ -139,6 +146,28 @@ async def test_a_team_shares_one_broker_on_jupyterhub(team):
         body={"digest": job["digest"]},
     )
     assert r.code == 409 and "team broker's page" in body(r)["message"], r.body
+    # Whatever runs in bob's server (an in-server agent's shell tool) can read the server's hub
+    # token: with it, the queue reads and nothing is decided, MFA code or not.
+    server_token = server_hub_token("bob")
+    r = await hub.fetch(hub.service_url + "api/jobs?state=pending_approval", token=server_token)
+    assert r.code == 200 and [j["id"] for j in body(r)] == [job_id], r.body
+    for action, payload in (
+        ("approve", {"digest": job["digest"], "otp": totp["bob"].now()}),
+        ("deny", {"reason": "an agent decides"}),
+    ):
+        r = await hub.fetch(
+            hub.service_url + f"api/jobs/{job_id}/{action}",
+            token=server_token,
+            method="POST",
+            body=payload,
+        )
+        assert r.code == 403, r.body
+        assert body(r)["message"] == (
+            "this token of bob may read the team's queue, not decide (custom:qguard:review: a "
+            f"server's token): approve or deny on {queue[0]['approve_url']}, signed in "
+            "as yourself"
+        ), r.body
+    assert (await job_of(hub, tokens["bob"], job_id))["approvals_given"] == 0
 
     # -- bob approves (with his MFA code), carol on the service's page ---------------------------
     r = await approve(hub, tokens["bob"], job)
