@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 PORT   ?= 8888
 DEMO_DIR ?= demo-workspace
 
-.PHONY: env demo test test-python lint bench clean
+.PHONY: env demo test test-python lint bench clean mcp-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,17 +19,26 @@ env: $(BIN)/python
 demo: env
 	$(BIN)/python -m jupyter_qguard.demo --port $(PORT) --workspace $(DEMO_DIR)
 
+define LINT
+$(BIN)/ruff check jupyter_qguard tests bench examples
+$(BIN)/ruff format --check jupyter_qguard tests bench examples
+endef
+
 lint: env
-	$(BIN)/ruff check jupyter_qguard tests bench examples
-	$(BIN)/ruff format --check jupyter_qguard tests bench examples
+	$(LINT)
 
 # As root (CI), the sandbox tests also run as the unprivileged user qgtest, created here. The
 # real MCP clients the agent tests drive get a venv of their own (.venv-mcp, pinned in
-# tests/mcp/requirements.txt), as a person installs them.
-test: env lint
+# tests/mcp/requirements.txt), as a person installs them; made while the project's own is
+# installed (two installs at once: a minute less).
+test: $(BIN)/python
+	$(MAKE) --no-print-directory -j2 env mcp-venv
+	$(LINT)
 	@if [ "$$(id -u)" = 0 ]; then bash tests/setup-unprivileged.sh; fi
-	$(BIN)/python tests/support/mcp_client.py
 	$(BIN)/python -m pytest -q -ra --durations=20
+
+mcp-venv: $(BIN)/python
+	$(BIN)/python tests/support/mcp_client.py
 
 bench: env
 	$(BIN)/python bench/run.py

@@ -58,8 +58,11 @@ async def start_time(server: ServerProcess, name: str) -> float:
     return elapsed
 
 
-async def cell_times(server: ServerProcess, code: str, reps: int = 9) -> dict[str, float]:
-    """Median time of `code` in each kind of kernel, runs alternating between the two."""
+async def cell_times(
+    server: ServerProcess, code: str, reps: int = 9, settle: float = 0.0
+) -> dict[str, float]:
+    """Median time of `code` in each kind of kernel, runs alternating between the two;
+    `settle` seconds before each run for a cell that writes files."""
     kernels = {n: await server.start_kernel(n) for n in ("python3", "qguard-agent")}
     times: dict[str, list[float]] = {n: [] for n in kernels}
     try:
@@ -67,7 +70,7 @@ async def cell_times(server: ServerProcess, code: str, reps: int = 9) -> dict[st
             for name, kernel in kernels.items():
                 # Let the server's workspace watcher finish with the previous run's files
                 # first: otherwise whichever kernel runs next pays for it.
-                await asyncio.sleep(1.5)
+                await asyncio.sleep(settle)
                 res = await kernel.run(code, timeout=600)
                 if res["error"]:
                     raise RuntimeError(res)
@@ -94,7 +97,8 @@ async def main() -> None:
             # Start times on a small VM are noisy; the best case shows the fixed cost.
             best = (min(starts["python3"]), min(starts["qguard-agent"]))
             compute = await cell_times(server, COMPUTE)
-            syscalls = await cell_times(server, SYSCALLS)
+            # Seconds per run on a slow disk: five runs each are enough for a median.
+            syscalls = await cell_times(server, SYSCALLS, reps=5, settle=1.5)
         finally:
             server.stop()
     record(

@@ -189,6 +189,13 @@ def isolate(spec: SandboxSpec, report: dict[str, Any], target: Target) -> int | 
 
 def confine(spec: SandboxSpec, target: Target) -> Confined:
     """Apply every layer to this process, for good, and say what is in force."""
+    from .syscalls import libraries_by_soname
+
+    with libraries_by_soname():
+        return _confine(spec, target)
+
+
+def _confine(spec: SandboxSpec, target: Target) -> Confined:
     from . import identity, landlock, rlimits, seccomp
 
     report: dict[str, Any] = {}

@@ -7,11 +7,14 @@ which x86_64 and aarch64 share for these calls.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import ctypes.util
 import errno
 import os
 import platform
 import stat
+from collections.abc import Iterator
 
 _libc = ctypes.CDLL(None, use_errno=True)  # the libc this interpreter already has loaded
 _libc.syscall.restype = ctypes.c_long
@@ -36,6 +39,35 @@ MS_PRIVATE = 0x40000
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
+
+# The sonames the sandbox's libraries load on Linux (glibc; libseccomp's ABI 2).
+_SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+
+
+@contextlib.contextmanager
+def libraries_by_soname() -> Iterator[None]:
+    """While confining: ctypes.util.find_library answers from the known sonames where they
+    load, and asks as usual otherwise. Unpatched, it runs `ldconfig -p` (a fork and an exec)
+    per call, and pyseccomp calls it twice when imported and landlockpy once: ~10 ms of every
+    agent kernel's start. Restored after, for the agent's own code."""
+    original = ctypes.util.find_library
+
+    def find_library(name: str) -> str | None:
+        soname = _SONAMES.get(name)
+        if soname is not None:
+            try:
+                ctypes.CDLL(soname)
+                return soname
+            except OSError:
+                pass
+        return original(name)
+
+    ctypes.util.find_library = find_library
+    try:
+        yield
+    finally:
+        ctypes.util.find_library = original
+
 
 _MACHINE = platform.machine()
 SYS_open_tree = 428
