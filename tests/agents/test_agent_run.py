@@ -25,7 +25,8 @@ import uuid
 from typing import Any
 
 import pytest
-from support.agent_run import SCRIPTED_AGENT, UNPRIVILEGED, RunWorld, agent_processes
+from support.agent_run import SCRIPTED_AGENT, UNPRIVILEGED, RunWorld
+from support.jupyter_proc import processes_with
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 MODES = ["root", "user"]
@@ -351,16 +352,16 @@ def test_a_killed_cli_leaves_no_agent_and_its_token_dies_within_the_lease(
     assert asyncio.run(status_with(world, token)) == 200
     time.sleep(lease)  # a renewal happened: the token outlives its first lease
     assert asyncio.run(status_with(world, token)) == 200
-    assert agent_processes(marker)
+    assert processes_with(marker)
     left = glob.glob(f"/tmp/qguard-run-{p.pid}-*")
     assert len(left) == 1
     p.kill()
     p.wait()
     killed = time.monotonic()
     # The launcher's supervisor sees its parent gone and takes the namespace down with it.
-    while agent_processes(marker) and time.monotonic() - killed < 10:
+    while processes_with(marker) and time.monotonic() - killed < 10:
         time.sleep(0.2)
-    assert agent_processes(marker) == []
+    assert processes_with(marker) == []
     while asyncio.run(status_with(world, token)) == 200:
         assert time.monotonic() - killed < lease + 3, "the token outlived its lease"
         time.sleep(0.5)

@@ -228,16 +228,3 @@ class RunWorld:
                 "run_route": "qguard/api/agent-runs/" + "0" * 32,
             }
         )
-
-
-def agent_processes(marker: str) -> list[int]:
-    """Host pids of the processes whose environment holds `marker` (NAME=VALUE)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if marker.encode() in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                    found.append(int(entry))
-            except OSError:
-                pass
-    return found

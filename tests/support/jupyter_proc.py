@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -279,15 +280,23 @@ class KernelWS:
         self.ws.close()
 
 
-def kernel_processes(kernel_id: str) -> list[int]:
-    """Host pids of every process of an agent kernel (supervisor, init, kernel, children)."""
-    marker = f"QGUARD_KERNEL_ID={kernel_id}".encode()
-    found = []
+def environments() -> Iterator[tuple[int, bytes]]:
+    """(pid, its /proc/<pid>/environ) for every process whose environment this user may read:
+    what any process of the same user sees of the others."""
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if marker in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                    found.append(int(entry))
+                yield int(entry), Path(f"/proc/{entry}/environ").read_bytes()
             except OSError:
                 pass
-    return found
+
+
+def processes_with(marker: str) -> list[int]:
+    """Host pids of the processes whose environment holds `marker` (NAME=VALUE)."""
+    item = marker.encode()
+    return [pid for pid, env in environments() if item in env.split(b"\0")]
+
+
+def kernel_processes(kernel_id: str) -> list[int]:
+    """Host pids of every process of an agent kernel (supervisor, init, kernel, children)."""
+    return processes_with(f"QGUARD_KERNEL_ID={kernel_id}")

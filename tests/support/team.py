@@ -19,7 +19,7 @@ from tornado.websocket import websocket_connect
 from jupyter_qguard import credentials as cr
 from support.fakecloud_proc import FakeCloud
 from support.hub import Hub
-from support.jupyter_proc import KernelWS
+from support.jupyter_proc import KernelWS, environments
 
 KEYRING = "keyrings.alt.file.PlaintextKeyring"
 REQUEST, APPROVE = "custom:qguard:request", "custom:qguard:approve"
@@ -174,17 +174,8 @@ def service_pids() -> list[int]:
 def server_hub_token(user: str) -> str:
     """The hub token of `user`'s running server, read from its environment the way anything
     running in that server can (an in-server agent's shell tool): JUPYTERHUB_API_TOKEN."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            env = dict(
-                item.split(b"=", 1)
-                for item in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-                if b"=" in item
-            )
-        except OSError:
-            continue
+    for _, raw in environments():
+        env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
         if env.get(b"JUPYTERHUB_USER") == user.encode() and b"QGUARD_KERNEL_ID" not in env:
             token = env.get(b"JUPYTERHUB_API_TOKEN")
             if token:
@@ -194,19 +185,12 @@ def server_hub_token(user: str) -> str:
 
 def processes_under(base: Path) -> list[int]:
     """Users' servers and their kernels: processes whose HOME is a user's home under `base`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            env = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        if any(f"HOME={base}/{u}".encode() in env for u in ("alice", "bob")) or (
-            b"QGUARD_KERNEL_ID=" in env
-        ):
-            found.append(int(entry))
-    return found
+    return [
+        pid
+        for pid, env in environments()
+        if any(f"HOME={base}/{u}".encode() in env for u in ("alice", "bob"))
+        or b"QGUARD_KERNEL_ID=" in env
+    ]
 
 
 def start_team(base: Path, database_url: str) -> tuple[Hub, FakeCloud, Path]:
