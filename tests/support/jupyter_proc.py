@@ -220,24 +220,31 @@ class KernelWS:
         }
 
     async def wait_ready(self, timeout: float = 90) -> None:
+        """Until a kernel_info request is answered on shell *and* its status reaches us on
+        iopub (jupyter_server's own "nudge"): after a restart the shell channel reconnects
+        first, and what the kernel publishes before iopub's subscription is back is lost
+        (ZMQ drops it), so a cell run on a shell reply alone may never show its output."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             msg = self._msg("kernel_info_request", {})
+            msg_id = msg["header"]["msg_id"]
             await self.ws.write_message(json.dumps(msg))
+            replied = published = False
             try:
-                while True:
+                while not (replied and published):
                     raw = await asyncio.wait_for(self.ws.read_message(), 2)
                     if raw is None:
                         raise RuntimeError("kernel websocket closed")
-                    reply = json.loads(raw)
-                    if (
-                        reply.get("parent_header", {}).get("msg_id") == msg["header"]["msg_id"]
-                        and reply["header"]["msg_type"] == "kernel_info_reply"
-                    ):
-                        return
+                    m = json.loads(raw)
+                    if m.get("parent_header", {}).get("msg_id") != msg_id:
+                        continue
+                    kind = m["header"]["msg_type"]
+                    replied = replied or kind == "kernel_info_reply"
+                    published = published or kind == "status"
+                return
             except TimeoutError:
                 continue
-        raise TimeoutError("kernel did not answer kernel_info")
+        raise TimeoutError("kernel did not answer kernel_info on both shell and iopub")
 
     async def run(self, code: str, timeout: float = 120) -> dict[str, Any]:
         msg = self._msg(
@@ -257,9 +264,15 @@ class KernelWS:
         idle = replied = False
         deadline = time.monotonic() + timeout
         while not (idle and replied):
-            raw = await asyncio.wait_for(
-                self.ws.read_message(), max(0.1, deadline - time.monotonic())
-            )
+            try:
+                raw = await asyncio.wait_for(
+                    self.ws.read_message(), max(0.1, deadline - time.monotonic())
+                )
+            except TimeoutError:
+                raise TimeoutError(
+                    f"no end to the cell in {timeout:g} s (execute_reply: {replied}, idle "
+                    f"status: {idle}, so far: {out})"
+                ) from None
             if raw is None:
                 raise RuntimeError("kernel websocket closed")
             m = json.loads(raw)
