@@ -15,7 +15,10 @@ BENCH = ROOT / "bench"
 def test_results_have_units_machine_and_both_sides_of_comparisons():
     data = json.loads((BENCH / "results.json").read_text())
     assert isinstance(data["machine"]["cores"], int) and data["machine"]["python"].count(".") == 2
-    assert data["failed"] == [] and data["suite_seconds"] < 600
+    # One `make bench` within 15 minutes on the 2-core machine (the suite was 348 s there on
+    # Nov 22 with eight benchmarks; the same work now measures about twice as slow, and three
+    # benchmarks joined: bound-file hashing, the MCP tool call, the egress proxy).
+    assert data["failed"] == [] and data["suite_seconds"] < 900
     for name, bench in data["benchmarks"].items():
         assert bench["about"], name
         for key, figure in bench["figures"].items():

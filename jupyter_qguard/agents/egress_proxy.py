@@ -1,4 +1,4 @@
-"""The egress proxy and the Jupyter forwarder of `jupyter qguard agent run` (asyncio, in the CLI).
+"""The egress proxy and the Jupyter forwarder of `jupyter qguard agent run` (in the CLI).
 
 A confined agent process has a network namespace with nothing but loopback, where two
 listening sockets were made for it; the CLI accepts on them, so every connection of the agent
@@ -14,8 +14,10 @@ arrives here and every outbound connection leaves from the host's namespace, mad
   server's host and port.
 
 Each connection, allowed or refused, becomes one record (host, port, bytes each way, allowed,
-why, start and end) handed to a recorder (connection_log.py), which delivers them to the
-server's audit log; while it cannot, the recorder says why and new connections are refused.
+why, start and end) handed to a recorder (connection_log.py) on the CLI's event loop, which
+delivers them to the server's audit log; while it cannot, the recorder says why and new
+connections are refused. The connections themselves are served in threads, blocking, with the
+bytes spliced in the kernel (zero_copy.py): see _Relay for why.
 
 Why not a library: the maintained proxies on PyPI (proxy.py, mitmproxy, pproxy) run their own
 servers on their own sockets and loops (proxy.py in acceptor processes), none takes a
@@ -33,6 +35,9 @@ import datetime as dt
 import ipaddress
 import logging
 import re
+import socket
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -44,7 +49,11 @@ from .manifest import split_host_port
 HEAD_LIMIT = 65536
 HEAD_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 15.0
-CHUNK = 65536
+ANSWER_TIMEOUT = 5.0
+LINGER_SECONDS, LINGER_BYTES = 1.0, 1 << 20
+# Open connections per relay, each with its thread(s): far more than an agent's HTTP clients
+# keep, few enough that an agent cannot make the CLI start threads without end.
+MAX_CONNECTIONS = 256
 _REQUEST_LINE = re.compile(r"([A-Z]{3,16}) (\S+) (HTTP/1\.[01])")
 # Hop-by-hop headers (RFC 9110 7.6.1) and the proxy's own: never forwarded. (The body is
 # copied as it comes, so Transfer-Encoding, which frames it, stays.)
@@ -121,7 +130,7 @@ STATUS_TEXT = {
 }
 
 
-async def _answer(writer: asyncio.StreamWriter, status: int, reason: str) -> None:
+def _answer(sock: socket.socket, status: int, reason: str) -> None:
     body = (reason + "\n").encode()
     head = (
         f"HTTP/1.1 {status} {STATUS_TEXT.get(status, 'Error')}\r\n"
@@ -129,82 +138,202 @@ async def _answer(writer: asyncio.StreamWriter, status: int, reason: str) -> Non
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     try:
-        writer.write(head.encode() + body)
-        await writer.drain()
-    except (ConnectionError, OSError):
+        sock.settimeout(ANSWER_TIMEOUT)
+        sock.sendall(head.encode() + body)
+        # A lingering close: closed with unread bytes (the rest of a head too long, a
+        # request body), the socket would send a reset, and the client could lose the answer.
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(LINGER_SECONDS)
+        left = LINGER_BYTES
+        while left > 0 and (chunk := sock.recv(min(left, 65536))):
+            left -= len(chunk)
+    except OSError:
         pass
 
 
-async def _pump(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count: Callable[[int], None]
-) -> None:
-    """Copy until end of stream, counting; then half-close the other side."""
-    try:
-        while data := await reader.read(CHUNK):
-            count(len(data))
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
-        writer.close()
-
-
-async def splice(
-    client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    conn: Connection,
-) -> None:
-    def up(n: int) -> None:
-        conn.bytes_up += n
-
-    def down(n: int) -> None:
-        conn.bytes_down += n
-
-    # In the kernel where it can be (zero_copy.py), else through Python.
-    if await zero_copy.relay(client, upstream, up, down):
-        return
-    await asyncio.gather(_pump(client[0], upstream[1], up), _pump(upstream[0], client[1], down))
+class Ended(Exception):
+    """The run is over: its connections are being shut."""
 
 
 class _Relay(abc.ABC):
-    """What the proxy and the forwarder share: the recorder, the open connections (ended
-    when the run ends), one record per connection."""
+    """What the proxy and the forwarder share: the listening socket's acceptor thread, one
+    thread per connection (and one more while it relays), one record per connection handed
+    to the recorder on the event loop, every open connection ended when the run ends.
+
+    Threads, not the event loop, because the bytes are the point: a connection's reads and
+    writes block in its own thread and splice in the kernel (zero_copy.py), where each wait
+    on the loop cost a round of it. The number of open connections is bounded."""
 
     def __init__(self, recorder: Recorder, log: logging.Logger) -> None:
         self.recorder = recorder
         self.log = log
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listener: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()  # the agent's sockets (bounded)
+        self._upstreams: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()
+        self._ending = False
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        conn = self.connection()
+    # -- on the event loop ------------------------------------------------------------------
+    def start(self, listener: socket.socket) -> None:
+        """Accept on `listener` (made in the agent's network namespace) from now on."""
+        self._loop = asyncio.get_running_loop()
+        listener.setblocking(True)
+        self._listener = listener
+        self._spawn(self._accept_loop, f"qguard-{self.kind}-accept")
+
+    async def close(self) -> None:
+        """End every open connection (the run is over) and wait, up to 5 s, for their
+        records."""
+        with self._lock:
+            self._ending = True
+            sockets = [*self._open, *self._upstreams]
+            threads = list(self._threads)
+        if self._listener is not None:
+            _shut(self._listener)  # wakes the blocked accept (EINVAL), then it returns
+        for sock in sockets:
+            _shut(sock)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, _join, threads, 5.0)
+        if self._listener is not None:
+            self._listener.close()
+        await asyncio.sleep(0)  # the records the threads handed over are in the queue ahead
+
+    # -- in threads -------------------------------------------------------------------------
+    kind = "relay"
+
+    def _spawn(self, target: Callable[..., None], name: str, *args: Any) -> threading.Thread:
+        thread = threading.Thread(target=self._run, args=(target, *args), name=name, daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+        return thread
+
+    def _run(self, target: Callable[..., None], *args: Any) -> None:
         try:
-            await self.serve(reader, writer, conn)
+            target(*args)
+        except Exception:
+            self.log.exception("qguard %s: unexpected error", self.kind)
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return  # shut by close(), or the socket is gone
+            with self._lock:
+                ending, crowded = self._ending, len(self._open) >= MAX_CONNECTIONS
+                if not ending and not crowded:
+                    self._open.add(sock)
+            if ending:
+                sock.close()
+                return
+            if crowded:
+                self._record_refusal(sock)
+                continue
+            self._spawn(self._handle, f"qguard-{self.kind}-connection", sock)
+
+    def _record_refusal(self, sock: socket.socket) -> None:
+        conn = self.connection()
+        conn.reason = f"refused: {MAX_CONNECTIONS} connections are open already"
+        self.refuse_crowded(sock)
+        sock.close()
+        conn.ended = utc_now()
+        self._hand_over(conn)
+
+    @abc.abstractmethod
+    def refuse_crowded(self, sock: socket.socket) -> None:
+        """Tell the agent it has too many connections open (where the protocol allows)."""
+
+    def _handle(self, sock: socket.socket) -> None:
+        conn = self.connection()
+        ended_by_run = False
+        try:
+            self.serve(sock, conn)
+            ended_by_run = self._ending  # shut while relaying: it returned as if at the end
         except Refused as exc:
             conn.reason = str(exc)  # allowed stays True for a host that was allowed but failed
-            await _answer(writer, exc.status, str(exc))
-        except asyncio.CancelledError:
-            conn.reason = (conn.reason + "; " if conn.reason else "") + "ended with the run"
-        except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
-            conn.reason = (conn.reason + "; " if conn.reason else "") + f"broken: {exc}"
+            _answer(sock, exc.status, str(exc))
+        except (OSError, Ended) as exc:
+            ended_by_run = self._ending
+            if not ended_by_run:
+                conn.reason = (conn.reason + "; " if conn.reason else "") + f"broken: {exc}"
         finally:
+            if ended_by_run:
+                conn.reason = (conn.reason + "; " if conn.reason else "") + "ended with the run"
             conn.ended = utc_now()
-            self.recorder.add(conn.record())
-            writer.close()
-            self._tasks.discard(task)
+            self._hand_over(conn)  # before the close: records keep the order of connections
+            with self._lock:
+                self._open.discard(sock)
+            sock.close()
+
+    def _hand_over(self, conn: Connection) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self.recorder.add, conn.record())
+        except RuntimeError:  # the loop is closed: the CLI is exiting
+            self.log.warning("qguard: a connection's record was lost at exit: %s", conn.record())
+
+    def connect(self, host: str, port: int) -> socket.socket:
+        """A blocking socket connected to host:port, counted among the open ones (so the run's
+        end shuts it too)."""
+        upstream = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+        upstream.settimeout(None)
+        with self._lock:
+            if self._ending:
+                upstream.close()
+                raise Ended("the run is over")
+            self._upstreams.add(upstream)
+        return upstream
+
+    def release(self, upstream: socket.socket) -> None:
+        with self._lock:
+            self._upstreams.discard(upstream)
+        upstream.close()
+
+    def relay(
+        self, client: socket.socket, early: bytes, upstream: socket.socket, conn: Connection
+    ) -> None:
+        """Both directions until both end: client to upstream in a second thread, upstream
+        to client in this one. `early`: what the client sent past the request head."""
+
+        def up(n: int) -> None:
+            conn.bytes_up += n
+
+        def down(n: int) -> None:
+            conn.bytes_down += n
+
+        if early:
+            upstream.sendall(early)
+            up(len(early))
+
+        def one_way(src: socket.socket, dst: socket.socket, count: Callable[[int], None]) -> None:
+            try:
+                zero_copy.pump(src, dst, count)
+            except OSError:
+                # A reset or a broken pipe is how many clients and servers end a connection:
+                # end both sides (so the other direction ends too), as a close would.
+                _shut(client)
+                _shut(upstream)
+
+        thread = self._spawn(one_way, f"qguard-{self.kind}-up", client, upstream, up)
+        try:
+            one_way(upstream, client, down)
+        finally:
+            thread.join()
 
     @abc.abstractmethod
     def connection(self) -> Connection:
         """The record of a connection just accepted."""
 
     @abc.abstractmethod
-    async def serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection
-    ) -> None:
-        """Serve one accepted connection, filling in `conn`."""
+    def serve(self, sock: socket.socket, conn: Connection) -> None:
+        """Serve one accepted connection (blocking, in its own thread), filling in `conn`."""
 
     def gate(self) -> None:
         why = self.recorder.refusing()
@@ -213,15 +342,47 @@ class _Relay(abc.ABC):
                 503, f"qguard: new connections are refused until the audit log takes them: {why}"
             )
 
-    async def close(self) -> None:
-        """End every open connection (the run is over)."""
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _join(threads: list[threading.Thread], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def read_head(sock: socket.socket) -> tuple[bytes, bytes] | None:
+    """The request head (through its blank line) and what came after it; None when the
+    client closed before sending one. Refused: too long, or not within HEAD_TIMEOUT."""
+    data = bytearray()
+    deadline = time.monotonic() + HEAD_TIMEOUT
+    while True:
+        end = data.find(b"\r\n\r\n")
+        if end >= 0 and end + 4 <= HEAD_LIMIT:
+            return bytes(data[: end + 4]), bytes(data[end + 4 :])
+        if len(data) >= HEAD_LIMIT:
+            raise Refused(431, "qguard: the request head is too long")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Refused(400, "qguard: no request within 30 s")
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(HEAD_LIMIT + 4 - len(data))
+        except TimeoutError:
+            raise Refused(400, "qguard: no request within 30 s") from None
+        if not chunk:
+            return None
+        data += chunk
 
 
 class EgressProxy(_Relay):
+    kind = "proxy"
+
     def __init__(
         self,
         agent: str,
@@ -236,18 +397,16 @@ class EgressProxy(_Relay):
     def connection(self) -> Connection:
         return Connection(via="proxy")
 
-    async def serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection
-    ) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
-        except asyncio.LimitOverrunError:
-            raise Refused(431, "qguard: the request head is too long") from None
-        except TimeoutError:
-            raise Refused(400, "qguard: no request within 30 s") from None
-        except asyncio.IncompleteReadError:
+    def refuse_crowded(self, sock: socket.socket) -> None:
+        _answer(sock, 503, f"qguard: {MAX_CONNECTIONS} connections are open already")
+
+    def serve(self, sock: socket.socket, conn: Connection) -> None:
+        got = read_head(sock)
+        if got is None:
             conn.reason = "closed before sending a request"
             return
+        head, early = got
+        sock.settimeout(None)
         lines = head.decode("latin-1").split("\r\n")
         m = _REQUEST_LINE.fullmatch(lines[0])
         if m is None:
@@ -265,21 +424,19 @@ class EgressProxy(_Relay):
                 403, f"qguard: {host}:{port} is not in agent {self.agent}'s network allowlist"
             )
         conn.allowed = True
-        upstream = await self._open(host, port, conn)
+        upstream = self._open_upstream(host, port, conn)
         try:
             if method == "CONNECT":
                 conn.reason = "allowed: in the manifest"
-                writer.write(f"{version} 200 Connection established\r\n\r\n".encode())
-                await writer.drain()
+                sock.sendall(f"{version} 200 Connection established\r\n\r\n".encode())
             else:
                 conn.reason = "allowed: in the manifest (plain HTTP)"
                 out = self._forwarded_head(method, path, version, lines[1:], host, port)
                 conn.bytes_up += len(out)
-                upstream[1].write(out)
-                await upstream[1].drain()
-            await splice((reader, writer), upstream, conn)
+                upstream.sendall(out)
+            self.relay(sock, early, upstream, conn)
         finally:
-            upstream[1].close()
+            self.release(upstream)
 
     @staticmethod
     def _authority(target: str) -> tuple[str, int]:
@@ -329,26 +486,25 @@ class EgressProxy(_Relay):
             "\r\n".join([f"{method} {path} {version}", *kept, "Connection: close", "", ""])
         ).encode("latin-1")
 
-    @staticmethod
-    async def _open(
-        host: str, port: int, conn: Connection
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    def _open_upstream(self, host: str, port: int, conn: Connection) -> socket.socket:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port), CONNECT_TIMEOUT
-            )
+            upstream = self.connect(host, port)
         except TimeoutError:
             raise Refused(504, f"qguard: {host}:{port} did not answer in 15 s") from None
+        except Ended:
+            raise
         except OSError as exc:
             why = exc.strerror or str(exc)
             raise Refused(502, f"qguard: cannot connect to {host}:{port}: {why}") from None
-        peer = writer.get_extra_info("peername")
+        peer = upstream.getpeername()
         conn.address = str(peer[0]) if peer else ""
-        return reader, writer
+        return upstream
 
 
 class JupyterForwarder(_Relay):
     """Raw TCP to the Jupyter server the run belongs to."""
+
+    kind = "jupyter"
 
     def __init__(self, host: str, port: int, recorder: Recorder, log: logging.Logger) -> None:
         super().__init__(recorder, log)
@@ -357,25 +513,26 @@ class JupyterForwarder(_Relay):
     def connection(self) -> Connection:
         return Connection(via="jupyter", host=self.host, port=self.port, method="TCP")
 
-    async def serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection
-    ) -> None:
+    def refuse_crowded(self, sock: socket.socket) -> None:
+        pass  # not HTTP here (the agent may speak anything to it): the connection just closes
+
+    def serve(self, sock: socket.socket, conn: Connection) -> None:
         why = self.recorder.refusing()
         if why:
             # Not HTTP here (the agent may speak anything to it): the connection just closes.
             conn.reason = f"refused: the audit log does not take the run's records: {why}"
             return
         try:
-            upstream = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT
-            )
-        except (OSError, TimeoutError) as exc:
+            upstream = self.connect(self.host, self.port)
+        except Ended:
+            raise
+        except OSError as exc:
             conn.reason = f"cannot connect to the Jupyter server: {exc}"
             return
         conn.allowed, conn.reason = True, "this Jupyter server"
-        peer = upstream[1].get_extra_info("peername")
-        conn.address = str(peer[0]) if peer else ""
         try:
-            await splice((reader, writer), upstream, conn)
+            peer = upstream.getpeername()
+            conn.address = str(peer[0]) if peer else ""
+            self.relay(sock, b"", upstream, conn)
         finally:
-            upstream[1].close()
+            self.release(upstream)

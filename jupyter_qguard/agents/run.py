@@ -39,7 +39,7 @@ from ..sandbox.environment import CHANNEL_FD_VAR
 from ..sandbox.spec import AGENT_PROCESS_MINIMUM, PROFILE_AGENT_PROCESS, SPEC_VAR, SandboxSpec
 from . import run_paths
 from .connection_log import ConnectionLog
-from .egress_proxy import HEAD_LIMIT, EgressProxy, JupyterForwarder
+from .egress_proxy import EgressProxy, JupyterForwarder
 from .manifest import split_host_port
 from .run_api import RunAPI, RunAPIError, Server
 
@@ -212,7 +212,6 @@ class AgentRun:
         self.api = RunAPI(server)
         self.log = log
         self.run: dict[str, Any] = {}
-        self.servers: list[asyncio.Server] = []
         self.relays: list[EgressProxy | JupyterForwarder] = []
         self.records: ConnectionLog | None = None
         self.run_dir = ""
@@ -383,7 +382,7 @@ class AgentRun:
                 return False
             if not report.get("ok"):
                 return False  # the launcher fails itself and says why
-            if len(self.servers) != 2:
+            if len(self.relays) != 2:
                 channel.answer(None, "its network listeners never arrived")
                 return False
             self.log.info(
@@ -413,13 +412,9 @@ class AgentRun:
         self.records.start()
         proxy = EgressProxy(self.options.name, self._allow(), self.records, self.log)
         forwarder = JupyterForwarder(self.server.host, self.server.port, self.records, self.log)
-        self.relays = [proxy, forwarder]
         for name, relay in (("proxy", proxy), ("jupyter", forwarder)):
-            sock = socks[name]
-            sock.setblocking(False)
-            self.servers.append(
-                await asyncio.start_server(relay.handle, sock=sock, limit=HEAD_LIMIT)
-            )
+            relay.start(socks[name])
+        self.relays = [proxy, forwarder]
 
     async def _renew(self) -> None:
         every = max(1.0, self.options.lease_seconds / 3)
@@ -442,8 +437,6 @@ class AgentRun:
             failing = False
 
     async def finish(self, status: int | None) -> None:
-        for srv in self.servers:
-            srv.close()
         for relay in self.relays:
             await relay.close()
         if self.records is not None:
