@@ -71,6 +71,20 @@ def listener() -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
+def started(relay: EgressProxy | JupyterForwarder) -> int:
+    """Start `relay` on a fresh loopback listener (in a test, the agent's namespace is this
+    one); its port."""
+    sock, port = listener()
+    relay.start(sock)
+    return port
+
+
+def proxy_to(up: Upstream, records: Records) -> tuple[EgressProxy, int]:
+    """A started proxy that lets agent "bot" reach `up` only."""
+    proxy = EgressProxy("bot", frozenset({("127.0.0.1", up.port)}), records, LOG)
+    return proxy, started(proxy)
+
+
 async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(
         None, functools.partial(fn, *args, **kwargs)
@@ -100,9 +114,7 @@ async def test_a_plain_http_request_is_forwarded_in_origin_form_with_connection_
     body = b"m" * 3_000_000
     up = Upstream(body)
     records = Records()
-    proxy = EgressProxy("bot", frozenset({("127.0.0.1", up.port)}), records, LOG)
-    sock, port = listener()
-    proxy.start(sock)
+    proxy, port = proxy_to(up, records)
     head = (
         f"GET http://127.0.0.1:{up.port}/model.bin?x=1 HTTP/1.1\r\n"
         f"Host: 127.0.0.1:{up.port}\r\nProxy-Connection: keep-alive\r\n"
@@ -130,9 +142,7 @@ async def test_a_plain_http_request_is_forwarded_in_origin_form_with_connection_
 async def test_a_tunnel_relays_both_ways_with_the_bytes_sent_with_its_head():
     up = Upstream()
     records = Records()
-    proxy = EgressProxy("bot", frozenset({("127.0.0.1", up.port)}), records, LOG)
-    sock, port = listener()
-    proxy.start(sock)
+    proxy, port = proxy_to(up, records)
     # The first bytes of the tunnel come in the same packet as the CONNECT head.
     answer = await in_thread(
         ask, port, f"CONNECT 127.0.0.1:{up.port} HTTP/1.1\r\n\r\nhello tunnel".encode()
@@ -148,14 +158,11 @@ async def test_a_tunnel_relays_both_ways_with_the_bytes_sent_with_its_head():
 async def test_refusals_answer_with_their_status_and_one_line():
     up = Upstream()
     records = Records()
-    proxy = EgressProxy("bot", frozenset({("127.0.0.1", up.port)}), records, LOG)
-    sock, port = listener()
-    proxy.start(sock)
+    proxy, port = proxy_to(up, records)
     free, closed_port = listener()
     free.close()  # nothing listens there now
     allowed_but_down = EgressProxy("bot", frozenset({("127.0.0.1", closed_port)}), records, LOG)
-    sock2, port2 = listener()
-    allowed_but_down.start(sock2)
+    port2 = started(allowed_but_down)
     cases = [
         (port, b"CONNECT 127.0.0.1:1 HTTP/1.1\r\n\r\n", "403 Forbidden",
          "qguard: 127.0.0.1:1 is not in agent bot's network allowlist"),
@@ -189,9 +196,7 @@ async def test_refusals_answer_with_their_status_and_one_line():
 async def test_the_end_of_the_run_ends_an_open_tunnel_and_records_it():
     up = Upstream()
     records = Records()
-    proxy = EgressProxy("bot", frozenset({("127.0.0.1", up.port)}), records, LOG)
-    sock, port = listener()
-    proxy.start(sock)
+    proxy, port = proxy_to(up, records)
     client = socket.create_connection(("127.0.0.1", port), timeout=10)
     client.sendall(f"CONNECT 127.0.0.1:{up.port} HTTP/1.1\r\n\r\n".encode())
     assert await in_thread(client.recv, 100) == b"HTTP/1.1 200 Connection established\r\n\r\n"
@@ -215,9 +220,7 @@ async def test_connections_past_the_bound_are_refused(monkeypatch):
     monkeypatch.setattr(egress_proxy, "MAX_CONNECTIONS", 2)
     up = Upstream()
     records = Records()
-    proxy = EgressProxy("bot", frozenset({("127.0.0.1", up.port)}), records, LOG)
-    sock, port = listener()
-    proxy.start(sock)
+    proxy, port = proxy_to(up, records)
     held = []
     for _ in range(2):
         c = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -238,8 +241,7 @@ async def test_the_forwarder_relays_raw_tcp_to_the_jupyter_server():
     up = Upstream()
     records = Records()
     forwarder = JupyterForwarder("127.0.0.1", up.port, records, LOG)
-    sock, port = listener()
-    forwarder.start(sock)
+    port = started(forwarder)
     assert await in_thread(ask, port, b"\x00raw\xffbytes") == b"\x00RAW\xffBYTES"
     await settle(records, 1)
     records.why = "the server is down"
