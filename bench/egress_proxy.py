@@ -102,7 +102,7 @@ def main() -> None:
         "made directly (plain) and by an agent under `jupyter qguard agent run`, through its "
         "egress proxy (qguard); the same urllib client on both sides",
         {
-            **compare(plain * 1000, guarded * 1000, "ms", target_ratio=1.5, digits=1),
+            **compare(plain * 1000, guarded * 1000, "ms", target_ratio=1.5, digits=3),
             "best_plain": fig(round(min(direct) * 1000, 1), "ms"),
             "best_qguard": fig(round(min(proxied) * 1000, 1), "ms"),
             "best_ratio": fig(round(min(proxied) / min(direct), 3), "x"),
