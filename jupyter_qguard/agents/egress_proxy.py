@@ -280,17 +280,23 @@ class _Relay(abc.ABC):
         except RuntimeError:  # the loop is closed: the CLI is exiting
             self.log.warning("qguard: a connection's record was lost at exit: %s", conn.record())
 
-    def connect(self, host: str, port: int) -> socket.socket:
+    def connect(self, host: str, port: int, conn: Connection) -> socket.socket:
         """A blocking socket connected to host:port, counted among the open ones (so the run's
-        end shuts it too)."""
+        end shuts it too); its address goes into `conn`."""
         upstream = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
-        upstream.settimeout(None)
-        _no_delay(upstream)
+        try:
+            upstream.settimeout(None)
+            _no_delay(upstream)
+            address = str(upstream.getpeername()[0])
+        except OSError:
+            upstream.close()  # reset as soon as connected: a failed connect, to the caller
+            raise
         with self._lock:
             if self._ending:
                 upstream.close()
                 raise Ended("the run is over")
             self._upstreams.add(upstream)
+        conn.address = address
         return upstream
 
     def release(self, upstream: socket.socket) -> None:
@@ -499,17 +505,12 @@ class EgressProxy(_Relay):
 
     def _open_upstream(self, host: str, port: int, conn: Connection) -> socket.socket:
         try:
-            upstream = self.connect(host, port)
+            return self.connect(host, port, conn)
         except TimeoutError:
             raise Refused(504, f"qguard: {host}:{port} did not answer in 15 s") from None
-        except Ended:
-            raise
         except OSError as exc:
             why = exc.strerror or str(exc)
             raise Refused(502, f"qguard: cannot connect to {host}:{port}: {why}") from None
-        peer = upstream.getpeername()
-        conn.address = str(peer[0]) if peer else ""
-        return upstream
 
 
 class JupyterForwarder(_Relay):
@@ -534,16 +535,12 @@ class JupyterForwarder(_Relay):
             conn.reason = f"refused: the audit log does not take the run's records: {why}"
             return
         try:
-            upstream = self.connect(self.host, self.port)
-        except Ended:
-            raise
+            upstream = self.connect(self.host, self.port, conn)
         except OSError as exc:
             conn.reason = f"cannot connect to the Jupyter server: {exc}"
             return
         conn.allowed, conn.reason = True, "this Jupyter server"
         try:
-            peer = upstream.getpeername()
-            conn.address = str(peer[0]) if peer else ""
             self.relay(sock, b"", upstream, conn)
         finally:
             self.release(upstream)

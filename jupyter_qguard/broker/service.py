@@ -725,6 +725,7 @@ class Broker:
             return {"skipped": "no local simulator is installed"}
         noise = (self.backends.get(job["backend"]) or {}).get("snapshot")
         shots = min(job["shots"], self.preflight_shots)
+        too_slow = {"skipped": f"the simulation took longer than {self.preflight_timeout:g} s"}
         started = asyncio.get_running_loop().time()
         try:
             result = await asyncio.wait_for(
@@ -738,14 +739,14 @@ class Broker:
                 self.preflight_timeout,
             )
         except TimeoutError:
-            return {"skipped": f"the simulation took longer than {self.preflight_timeout:g} s"}
+            return too_slow
         except Exception as exc:
             return {"skipped": f"the simulation failed: {exc}"}
         seconds = asyncio.get_running_loop().time() - started
         if seconds > self.preflight_timeout:
             # The answer came in while the loop was busy past the bound (wait_for takes a
             # result that is ready over its timer): the bound is the rule, whichever fired.
-            return {"skipped": f"the simulation took longer than {self.preflight_timeout:g} s"}
+            return too_slow
         return {
             "counts": result["counts"],
             "shots": shots,
