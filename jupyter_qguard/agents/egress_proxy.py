@@ -242,10 +242,10 @@ class _Relay(abc.ABC):
     def _record_refusal(self, sock: socket.socket) -> None:
         conn = self.connection()
         conn.reason = f"refused: {MAX_CONNECTIONS} connections are open already"
+        conn.ended = utc_now()
+        self._hand_over(conn)  # before the agent is told, as in _handle
         self.refuse_crowded(sock)
         sock.close()
-        conn.ended = utc_now()
-        self._hand_over(conn)
 
     @abc.abstractmethod
     def refuse_crowded(self, sock: socket.socket) -> None:
@@ -254,12 +254,13 @@ class _Relay(abc.ABC):
     def _handle(self, sock: socket.socket) -> None:
         conn = self.connection()
         ended_by_run = False
+        refusal: Refused | None = None
         try:
             self.serve(sock, conn)
             ended_by_run = self._ending  # shut while relaying: it returned as if at the end
         except Refused as exc:
             conn.reason = str(exc)  # allowed stays True for a host that was allowed but failed
-            _answer(sock, exc.status, str(exc))
+            refusal = exc
         except (OSError, Ended) as exc:
             ended_by_run = self._ending
             if not ended_by_run:
@@ -268,7 +269,11 @@ class _Relay(abc.ABC):
             if ended_by_run:
                 conn.reason = (conn.reason + "; " if conn.reason else "") + "ended with the run"
             conn.ended = utc_now()
-            self._hand_over(conn)  # before the close: records keep the order of connections
+            # Handed over before the agent hears anything: told, it may open the next
+            # connection at once, and records keep the order of the connections.
+            self._hand_over(conn)
+            if refusal is not None:
+                _answer(sock, refusal.status, str(refusal))
             with self._lock:
                 self._open.discard(sock)
             sock.close()

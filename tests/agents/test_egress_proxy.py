@@ -175,11 +175,14 @@ async def test_refusals_answer_with_their_status_and_one_line():
         (port2, f"CONNECT 127.0.0.1:{closed_port} HTTP/1.1\r\n\r\n".encode(), "502 Bad Gateway",
          f"qguard: cannot connect to 127.0.0.1:{closed_port}: Connection refused"),
     ]  # fmt: skip
-    for target, request, status, reason in cases:
+    for n, (target, request, status, reason) in enumerate(cases, 1):
         answer = (await in_thread(ask, target, request)).decode()
         assert answer.startswith(f"HTTP/1.1 {status}\r\n"), answer
         assert answer.endswith(f"\r\n\r\n{reason}\n"), answer
-    await settle(records, len(cases))
+        # The record was handed over before the agent heard its answer, so it is in before
+        # the next connection's (a record queued after the lingering close came in behind
+        # the next connection's: CI saw the order of the 431 and the 502 swapped).
+        assert [r["reason"] for r in records.added] == [c[3] for c in cases[:n]]
     records.why = "HTTP 503: the audit log is not available"
     answer = await in_thread(ask, port, f"CONNECT 127.0.0.1:{up.port} HTTP/1.1\r\n\r\n".encode())
     assert answer.decode().endswith(
@@ -189,7 +192,6 @@ async def test_refusals_answer_with_their_status_and_one_line():
     await settle(records, len(cases) + 1)
     await proxy.close()
     await allowed_but_down.close()
-    assert [r["reason"] for r in records.added][:4] == [c[3] for c in cases[:4]]
     assert [r["allowed"] for r in records.added] == [False, False, False, False, True, False]
 
 
@@ -230,7 +232,7 @@ async def test_connections_past_the_bound_are_refused(monkeypatch):
     answer = (await in_thread(ask, port, b"")).decode()
     assert answer.startswith("HTTP/1.1 503 Service Unavailable\r\n")
     assert answer.endswith("qguard: 2 connections are open already\n")
-    await settle(records, 1)
+    # In already, as for every refusal (test_refusals_answer_with_their_status_and_one_line).
     assert records.added[0]["reason"] == "refused: 2 connections are open already"
     await proxy.close()
     for c in held:
