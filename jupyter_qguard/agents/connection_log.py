@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -47,20 +48,34 @@ class ConnectionLog:
         self._task: asyncio.Task[None] | None = None
         self._seq = 0
         self.delivered = 0
+        # add() comes from the relays' connection threads; the rest runs on the event loop.
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
     def refusing(self) -> str | None:
         return self._failing
 
     def add(self, record: dict[str, Any]) -> None:
-        if len(self._pending) >= self.max_pending:
-            self._dropped += 1  # told to the server (and so to the log) with the next batch
+        """Queue a record; thread-safe. The loop is woken only when a batch is full."""
+        if self._closed:
+            self.log.warning("a connection record came after the run's were sent: %s", record)
             return
-        self._pending.append({**record, "seq": self._seq})
-        self._seq += 1
-        if len(self._pending) >= self.batch:
-            self._wake.set()
+        with self._lock:
+            if len(self._pending) >= self.max_pending:
+                self._dropped += 1  # told to the server (and so to the log) with the next batch
+                return
+            self._pending.append({**record, "seq": self._seq})
+            self._seq += 1
+            full = len(self._pending) >= self.batch
+        if full and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:
+                pass  # the loop is closed: close() has sent what it could already
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -75,10 +90,13 @@ class ConnectionLog:
 
     async def send_pending(self) -> bool:
         """Deliver what is pending, batch by batch; False at the first batch refused."""
-        while self._pending or self._dropped:
-            batch = self._pending[: self.batch]
+        while True:
+            with self._lock:
+                batch, dropped = self._pending[: self.batch], self._dropped
+            if not batch and not dropped:
+                return True
             try:
-                await self._deliver(batch, self._dropped)
+                await self._deliver(batch, dropped)
             except DeliveryFailed as exc:
                 if self._failing is None:
                     self.log.error(
@@ -88,13 +106,13 @@ class ConnectionLog:
                     )
                 self._failing = str(exc)
                 return False
-            del self._pending[: len(batch)]
-            self._dropped = 0
+            with self._lock:
+                del self._pending[: len(batch)]  # records added meanwhile stay, behind them
+                self._dropped -= dropped
             self.delivered += len(batch)
             if self._failing is not None:
                 self.log.warning("connection records are delivered again: connections allowed")
                 self._failing = None
-        return True
 
     async def close(self, timeout: float = 10.0) -> bool:
         """Stop the loop and deliver what is left (trying until `timeout`); whether all was."""
@@ -109,13 +127,16 @@ class ConnectionLog:
                 await asyncio.wait_for(self._task, timeout)
             except TimeoutError:
                 pass  # the batch stays pending: sent again below, written once by its seq
-        while not await self.send_pending():
-            if loop.time() >= deadline:
-                self.log.error(
-                    "%d connection records of this run could not be delivered: %s",
-                    len(self._pending),
-                    self._failing,
-                )
-                return False
-            await asyncio.sleep(0.5)
-        return True
+        try:
+            while not await self.send_pending():
+                if loop.time() >= deadline:
+                    self.log.error(
+                        "%d connection records of this run could not be delivered: %s",
+                        len(self._pending),
+                        self._failing,
+                    )
+                    return False
+                await asyncio.sleep(0.5)
+            return True
+        finally:
+            self._closed = True

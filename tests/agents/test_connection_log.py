@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
 from jupyter_qguard.agents.connection_log import ConnectionLog, DeliveryFailed
@@ -52,3 +53,28 @@ async def test_records_are_numbered_and_kept_while_the_server_refuses() -> None:
     assert await records.close(timeout=2) is True
     assert server.written == [0, 1, 2]
     assert records.refusing() is None
+
+
+async def test_records_added_from_many_threads_are_each_delivered_once_in_order(caplog) -> None:
+    # The relays add a record from each connection's own thread, while the loop delivers.
+    server = SlowServer(delay=0.001)
+    records = ConnectionLog(server.deliver, LOG, interval=0.01, batch=50)
+    records.start()
+
+    def connections(n: int) -> None:
+        for i in range(500):
+            records.add({"via": "proxy", "thread": n, "i": i})
+
+    threads = [threading.Thread(target=connections, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    await asyncio.get_running_loop().run_in_executor(None, lambda: [t.join() for t in threads])
+    assert await records.close() is True
+    assert server.written == list(range(4000))
+    assert records.delivered == 4000
+    # After close, a straggler is not queued where nobody sends it: it is logged.
+    records.add({"via": "proxy"})
+    assert records.delivered == 4000 and server.written == list(range(4000))
+    assert caplog.messages[-1] == (
+        "a connection record came after the run's were sent: {'via': 'proxy'}"
+    )

@@ -9,6 +9,7 @@ import functools
 import logging
 import socket
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -137,6 +138,78 @@ async def test_a_plain_http_request_is_forwarded_in_origin_form_with_connection_
     )
     assert rec["allowed"] is True and rec["reason"] == "allowed: in the manifest (plain HTTP)"
     assert rec["bytes_up"] == len(up.heads[0]) and rec["bytes_down"] == len(answer)
+
+
+class BodyUpstream(Upstream):
+    """Reads a request's head and the Content-Length bytes after it, keeps them, and answers
+    with the body it got (so the test sees what reached it)."""
+
+    def __init__(self) -> None:
+        self.after: list[bytes] = []
+        super().__init__()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(dict(
+                line.split(": ", 1) for line in head.decode().split("\r\n")[1:]
+            ).get("Content-Length", "0"))  # fmt: skip
+            while len(body) < length and (chunk := conn.recv(65536)):
+                body += chunk
+            self.heads.append(head + b"\r\n\r\n" + body)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(5)
+            self.after.append(recv_all(conn))  # what came up after the request
+
+
+async def test_a_request_body_sent_after_the_head_goes_up_and_nothing_else_does():
+    up = BodyUpstream()
+    records = Records()
+    proxy, port = proxy_to(up, records)
+    url = f"http://127.0.0.1:{up.port}/upload"
+
+    def post() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(f"POST {url} HTTP/1.1\r\nContent-Length: 5\r\n\r\n".encode())
+            time.sleep(0.05)  # the body in a packet of its own, after the proxy read the head
+            s.sendall(b"hello")
+            return recv_all(s)
+
+    assert (await in_thread(post)).endswith(b"\r\n\r\nhello")
+
+    # A request without a body: what the client sends after its head (a second request, in
+    # the hope of reaching another host over the same upstream connection) never goes up.
+    def smuggle() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(f"GET {url} HTTP/1.1\r\n\r\n".encode())
+            time.sleep(0.05)
+            s.sendall(b"GET http://10.0.0.1/ HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+            return recv_all(s)
+
+    assert (await in_thread(smuggle)).endswith(b"Content-Length: 0\r\n\r\n")
+    await proxy.close()
+    assert up.heads == [
+        b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: 5\r\n"
+        b"Connection: close\r\n\r\nhello" % up.port,
+        b"GET /upload HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % up.port,
+    ]
+    assert up.after == [b"", b""]
+    post_rec, get_rec = records.added
+    assert post_rec["bytes_up"] == len(up.heads[0])
+    assert get_rec["bytes_up"] == len(up.heads[1]) and get_rec["reason"] == (
+        "allowed: in the manifest (plain HTTP)"
+    )
+
+
+def recv_all(s: socket.socket) -> bytes:
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    return out
 
 
 async def test_a_tunnel_relays_both_ways_with_the_bytes_sent_with_its_head():
