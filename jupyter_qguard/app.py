@@ -13,7 +13,7 @@ from jupyter_server.extension.application import ExtensionApp
 from tornado import web
 from traitlets import Bool, Dict, Enum, Float, Int, List, Type, Unicode, default, validate
 
-from . import live_notebooks
+from . import live_notebooks, log_redaction
 from ._version import __version__
 from .agents import collaboration_files, kernel_choice, notebook_trust
 from .agents.authorizer import AGENT_EDITS_KEY, install_agent_auth
@@ -469,6 +469,8 @@ class QGuardApp(ExtensionApp):
         return providers
 
     def initialize_settings(self) -> None:
+        # Before anything is logged: no token in any line the server writes from now on.
+        log_redaction.install()
         # First: in `refuse` mode the server stops here, before any state is touched.
         inprocess_gate = enforce_inprocess_agents(self)
         self._check_state_dir()

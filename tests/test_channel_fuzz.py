@@ -230,3 +230,49 @@ def test_rate_limit_per_kernel(conn, jp_asyncio_loop):
     codes = jp_asyncio_loop.run_until_complete(go())
     assert codes[:5] == [None] * 5
     assert codes[5:] == [-32002] * 3
+
+
+def test_over_deep_json_gets_an_error_and_the_next_submit_runs(conn, jp_asyncio_loop):
+    # One over-deep line used to end the channel: json.loads raised RecursionError, which
+    # escaped the framing loop, and the kernel's next request met a closed socket (EPIPE).
+    deep_array = b"[" * 100_000 + b"]" * 100_000
+    deep_params = json.dumps(rpc(7, "submit", {"job": {"x": nested(200)}})).encode()
+    deep_id = b'{"jsonrpc": "2.0", "id": 8, "method": "whoami", "params": ' + deep_array + b"}"
+
+    async def go():
+        replies = [await conn.send_line(line) for line in (deep_array, deep_params, deep_id)]
+        qc_job = {
+            "schema": "qguard.job/v1",
+            "program": encode_circuit(bell()),
+            "backend": "aer_simulator",
+            "shots": 10,
+            "seed": 1,
+        }
+        submitted = await conn.send_line(json.dumps(rpc(9, "submit", {"job": qc_job})).encode())
+        return replies, submitted
+
+    replies, submitted = jp_asyncio_loop.run_until_complete(go())
+    assert [r["error"] for r in replies] == [
+        {"code": -32700, "message": "not valid JSON: nested deeper than the parser allows"},
+        {"code": -32600, "message": "the request is nested deeper than 64 levels"},
+        {"code": -32700, "message": "not valid JSON: nested deeper than the parser allows"},
+    ]
+    assert [r["id"] for r in replies] == [None, 7, None]
+    assert submitted["id"] == 9 and submitted["result"]["state"] in ("pending", "queued")
+
+
+def nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = {"a": [value]}
+    return value
+
+
+def bell():
+    from qiskit import QuantumCircuit
+
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure_all()
+    return qc

@@ -90,6 +90,23 @@ PARAMS: dict[str, dict[str, Any]] = {
         "properties": {"ok": {"type": "boolean"}, "layers": {"type": "object"}},
     },
 }
+# Nesting a request may have (a job is about five levels deep).
+MAX_DEPTH = 64
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests deeper than `limit` (without recursing itself)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 _VALIDATORS = {name: jsonschema.Draft202012Validator(schema) for name, schema in PARAMS.items()}
 
 
@@ -185,7 +202,15 @@ class KernelChannel:
                     if len(line) > self.max_request_bytes:
                         await self._reply_error(None, TOO_LARGE, self._too_large())
                         continue
-                    await self._dispatch_line(line)
+                    try:
+                        await self._dispatch_line(line)
+                    except Exception:
+                        # Whatever a line does, the channel goes on (the kernel's next
+                        # request must not meet a closed socket).
+                        log.exception("qguard channel of kernel %s: a line failed", self.kernel_id)
+                        await self._reply_error(
+                            None, INTERNAL_ERROR, "internal broker error (see the server log)"
+                        )
         except (ConnectionError, OSError) as exc:
             log.info("qguard channel of kernel %s closed: %s", self.kernel_id, exc)
         finally:
@@ -226,9 +251,23 @@ class KernelChannel:
         except (ValueError, UnicodeDecodeError) as exc:
             await self._reply_error(None, PARSE_ERROR, f"not valid JSON: {exc}")
             return
+        except RecursionError:
+            # Python's parser recurses per level: [[[[...]]]] within the size bound ends
+            # there, and must not end the channel with it.
+            await self._reply_error(
+                None, PARSE_ERROR, "not valid JSON: nested deeper than the parser allows"
+            )
+            return
         msg_id = msg.get("id") if isinstance(msg, dict) else None
         if not isinstance(msg_id, str | int) or isinstance(msg_id, bool):
             msg_id = None
+        if _deeper_than(msg, MAX_DEPTH):
+            # What passed the parser would still recurse in validation, policy and the
+            # store; no request is more than a few levels deep (programs travel as strings).
+            await self._reply_error(
+                msg_id, INVALID_REQUEST, f"the request is nested deeper than {MAX_DEPTH} levels"
+            )
+            return
         if (
             not isinstance(msg, dict)
             or msg.get("jsonrpc") != "2.0"

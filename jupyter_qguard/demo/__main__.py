@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import select
 import signal
 import subprocess
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8888)
     parser.add_argument("--workspace", default="demo-workspace")
     parser.add_argument("--no-browser", action="store_true")
-    # Anything else (--IdentityProvider.token=..., ...) goes to JupyterLab as it is.
+    # Anything else (--IdentityProvider.token=..., ...) goes to JupyterLab as it is. Without
+    # a token given (there, or in JUPYTER_TOKEN), the demo makes one.
     args, passthrough = parser.parse_known_args(argv)
 
     workspace = Path(args.workspace).resolve()
@@ -108,18 +110,24 @@ def main(argv: list[str] | None = None) -> None:
         cmd.append("--ServerApp.open_browser=False")
     if os.geteuid() == 0:
         cmd.append("--allow-root")
+    # The server's log shows no token (log_redaction.py), so the demo picks it and says the
+    # URL itself; handed over in the environment, not argv, which any user's `ps` shows.
+    env = dict(os.environ)
+    given = any(a.startswith("--IdentityProvider.token") for a in passthrough)
+    token = env.get("JUPYTER_TOKEN") or ("TOKEN" if given else secrets.token_hex(24))
+    if not given:
+        env["JUPYTER_TOKEN"] = token
+    base = f"http://127.0.0.1:{args.port}"
     print("qguard demo: workspace", workspace)
-    print("qguard demo: approve a pending job with (token from the URL below):")
+    print(f"qguard demo: open {base}/lab/tree/qguard-demo.ipynb?token={token}")
+    print("qguard demo: approve a pending job with:")
+    print(f"  curl -H 'Authorization: token {token}' {base}/qguard/api/jobs?state=pending_approval")
     print(
-        f"  curl -H 'Authorization: token TOKEN' http://127.0.0.1:{args.port}/qguard/api/jobs"
-        "?state=pending_approval"
-    )
-    print(
-        "  curl -X POST -H 'Authorization: token TOKEN' -d '{\"digest\": \"DIGEST\"}' "
-        f"http://127.0.0.1:{args.port}/qguard/api/jobs/JOB_ID/approve"
+        f"  curl -X POST -H 'Authorization: token {token}' -d '{{\"digest\": \"DIGEST\"}}' "
+        f"{base}/qguard/api/jobs/JOB_ID/approve"
     )
     sys.stdout.flush()
-    lab = subprocess.Popen(cmd)
+    lab = subprocess.Popen(cmd, env=env)
 
     def forward(signum: int, _frame: object) -> None:
         lab.send_signal(signum)
