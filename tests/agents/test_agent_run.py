@@ -139,6 +139,7 @@ def expected_outcomes(world: RunWorld) -> dict[str, Any]:
         "closed_http": {"status": 403, "body": refused},
         "closed_tunnel": {"status": 403, "body": refused},
         "closed_direct": "EACCES",  # Landlock: TCP connect only to the proxy and Jupyter ports
+        "closed_fastopen": "EPERM",  # seccomp: no MSG_FASTOPEN (it connects past Landlock)
         "model_direct": "EACCES",
         "dns": "gaierror -3",  # EAI_AGAIN: no UDP socket to ask a resolver with
     }

@@ -16,6 +16,9 @@ libc.syscall.restype = ctypes.c_long
 
 
 def NR(name):
+    """A syscall's number; a number passes as it is (calls newer than libseccomp's table)."""
+    if isinstance(name, int):
+        return name
     return _sc.resolve_syscall(_sc.system_arch(), name)
 
 

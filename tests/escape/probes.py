@@ -147,6 +147,30 @@ PROBES: dict[str, tuple[str, list, list]] = {
         E("EACCES"),
     ),
     "child_connect_bus": ('in_child("connect_unix({bus!r})")', E("EPERM"), E("EPERM")),
+    # sendmsg names its destination in memory seccomp cannot read: no datagram socket at all,
+    # and the connection-oriented ones never send to a msg_name
+    "unix_dgram_socket": ("sock(socket.AF_UNIX, socket.SOCK_DGRAM)", E("EPERM"), E("EPERM")),
+    "unix_dgram_pair_sendmsg_bus": (
+        "socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)[0].sendmsg([b'x'], [], 0, {bus!r})",
+        E("EPERM"),
+        E("EPERM"),
+    ),
+    "unix_stream_sendmsg_bus": (
+        "socket.socket(socket.AF_UNIX).sendmsg([b'x'], [], 0, {bus!r})",
+        E("ENOTSUP"),
+        E("ENOTSUP"),
+    ),
+    "socketpair_sendmsg_bus": (
+        "(lambda p: p[0].sendmsg([b'x'], [], 0, {bus!r}))(socket.socketpair())",
+        E("EISCONN"),
+        E("EISCONN"),
+    ),
+    # TCP Fast Open connects from a send: the flag is refused whatever the socket
+    "send_fastopen": (
+        "(lambda p: p[0].send(b'x', socket.MSG_FASTOPEN))(socket.socketpair())",
+        E("EPERM"),
+        E("EPERM"),
+    ),
     "socketpair_still_works": ("len(socket.socketpair())", OK(2), OK(2)),
     # -- other processes and the kernel's attack surface -----------------------------------
     "ptrace_attach_init": ("sys_call('ptrace', 16, 1, 0, 0)", E("EPERM"), E("EPERM")),
@@ -164,6 +188,14 @@ PROBES: dict[str, tuple[str, list, list]] = {
     "setns": ("sys_call('setns', 0, 0)", E("EPERM"), E("EPERM")),
     "clone_newuser": ("sys_call('clone', 0x10000000 | 17, 0, 0, 0, 0)", E("EPERM"), E("EPERM")),
     "clone3": ("sys_call('clone3', 0, 0)", E("ENOSYS"), E("ENOSYS")),
+    # newer than the installed libseccomp (2.5.4 names nothing past 456): ruled by number
+    "statmount_by_number": ("sys_call(457, 0, 0, 0, 0, 0, 0)", E("EPERM"), E("EPERM")),
+    "listmount_by_number": ("sys_call(458, 0, 0, 0, 0, 0, 0)", E("EPERM"), E("EPERM")),
+    "open_tree_attr_by_number": ("sys_call(467, -1, 0, 0, 0, 0, 0)", E("EPERM"), E("EPERM")),
+    "quotactl_fd_by_number": ("sys_call(443, -1, 0, 0, 0, 0, 0)", E("EPERM"), E("EPERM")),
+    # implemented by the kernel (EINVAL unfiltered) but not known as ordinary
+    "lsm_set_self_attr_unknown": ("sys_call(460, 0, 0, 0, 0, 0, 0)", E("ENOSYS"), E("ENOSYS")),
+    "mseal_ordinary": ("sys_call(462, 0, 0, 0, 0, 0, 0)", OK(0), OK(0)),
     "tiocsti": (
         "sys_call('ioctl', 0, 0x5412, ctypes.byref(ctypes.c_char(b'x')))",
         E("EPERM"),

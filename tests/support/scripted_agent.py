@@ -77,6 +77,14 @@ def connect(hostport: str) -> Any:
     socket.create_connection((host, int(port)), timeout=10).close()
 
 
+def fastopen(hostport: str) -> Any:
+    """TCP Fast Open: a connect made by the first send, where Landlock's connect hook is not."""
+    host, _, port = hostport.rpartition(":")
+    with socket.socket() as s:
+        s.settimeout(10)
+        s.sendmsg([b"x"], [], socket.MSG_FASTOPEN, (host, int(port)))
+
+
 def tunnel(hostport: str) -> Any:
     """CONNECT through the proxy, then plain HTTP inside the tunnel: (status, body)."""
     proxy = os.environ["HTTPS_PROXY"].removeprefix("http://")
@@ -261,6 +269,7 @@ def main() -> None:
     r["closed_http"] = outcome(lambda: via_proxy(CONFIG["closed"], "/"))
     r["closed_tunnel"] = outcome(lambda: tunnel(CONFIG["closed"]))
     r["closed_direct"] = outcome(lambda: connect(CONFIG["closed"]))
+    r["closed_fastopen"] = outcome(lambda: fastopen(CONFIG["closed"]))
     r["model_direct"] = outcome(lambda: connect(CONFIG["model"]))
     r["dns"] = outcome(lambda: socket.getaddrinfo("example.com", 443) and None)
     print(json.dumps(r), flush=True)
