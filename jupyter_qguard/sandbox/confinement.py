@@ -4,15 +4,15 @@ Two kinds of process are confined: an agent kernel (`launch.py`, then ipykernel)
 agent's own process (`agent_launch.py`, then the agent's command: `jupyter qguard agent run`).
 Both go through the same layers in the same order, so there is one sequence to audit and
 `doctor`'s probes cover both: first, with the privilege of whoever started it (the server's
-user, or the person's for an agent process), the manifest's write directories, namespaces and
-mounts, the idmapped workspace, then the end of privilege (a root-started process becomes a
-uid of its own; a user-namespace one sheds every capability); then rlimits, Landlock and
-seccomp, and the check that the minimum isolation holds. What differs between the two is a
-`Target`: what happens right after the namespaces are entered (an agent process makes its
-loopback listeners there), whether a new session starts, what else a root-started process must
-still reach, the TCP ports it may connect to, and the seccomp profile. What each does once
-confined (enter its folder, report over its channel, start ipykernel or exec the command)
-stays in its own entry module.
+user, or the person's for an agent process), a kernel's own cgroup, the manifest's write
+directories, namespaces and mounts, the idmapped workspace, then the end of privilege (a
+root-started process becomes a uid of its own; a user-namespace one sheds every capability);
+then rlimits, Landlock and seccomp, and the check that the minimum isolation holds. What
+differs between the two is a `Target`: what happens right after the namespaces are entered (an
+agent process makes its loopback listeners there), whether a new session starts, what else a
+root-started process must still reach, the TCP ports it may connect to, and the seccomp
+profile. What each does once confined (enter its folder, report over its channel, start
+ipykernel or exec the command) stays in its own entry module.
 """
 
 from __future__ import annotations
@@ -107,6 +107,9 @@ def isolate(spec: SandboxSpec, report: dict[str, Any], target: Target) -> int | 
     from .syscalls import PR_SET_DUMPABLE, drop_all_capabilities, prctl
 
     root = os.geteuid() == 0
+    if spec.cgroup is not None:
+        # First of all: every process the kernel ever makes starts inside its cgroup.
+        _layer(report, "cgroup", spec, lambda: _join_cgroup(spec.cgroup or {}))
     # Where the process was started (outside the workspace, at "/", when spec.cwd names the
     # folder to work in; else in that folder).
     cwd = os.getcwd()
@@ -182,6 +185,15 @@ def isolate(spec: SandboxSpec, report: dict[str, Any], target: Target) -> int | 
     except OSError as exc:
         fail(target, f"could not give up privileges: {exc}")
     return workdir
+
+
+def _join_cgroup(data: dict[str, Any]) -> dict[str, Any]:
+    """Into the cgroup the provisioner made (cgroup.py); or why there is none."""
+    from .cgroup import KernelCgroup
+
+    if "why" in data:
+        return {"active": False, "why": data["why"]}
+    return KernelCgroup.from_spec(data).join()
 
 
 # -- after ---------------------------------------------------------------------------------

@@ -77,6 +77,12 @@ def format_report(rep: dict[str, Any]) -> str:
             or ", ".join(f"{k}={v}" for k, v in info.items() if k != "available")
         )
         lines.append(f"  {name:<11} {mark}  {req:<8}  {detail}")
+    cgroup = rep["layers"].get("cgroup", {})
+    if cgroup and not cgroup.get("available"):
+        lines.append(
+            "  (no cgroup per kernel here: only the rlimits bound agent kernels, each process "
+            "alone, so many processes may each take the address-space cap)"
+        )
     lines.append("")
     if rep["agent_kernels_can_start"]:
         lines.append("Agent kernels can start: the minimum isolation is available.")

@@ -4,10 +4,11 @@ Runs in the kernel process before any agent code. The interpreter starts isolate
 working directory on sys.path, no PYTHON* variables, no user site), so nothing in the
 workspace is imported before confinement; the launcher itself imports only the standard
 library and installed packages. The layers are confinement.py's, shared with agent processes
-(agent_launch.py). First, as the server's user: the manifest's write directories,
-namespaces and mounts (the workspace nosuid/nodev, every `.git` read-only and fixed in place,
-the manifest's denied files hidden), the idmapped workspace, then the end of privilege (a root
-server's kernel becomes a uid of its own; a user-namespace kernel sheds every capability).
+(agent_launch.py). First, as the server's user: into the kernel's own cgroup (made by the
+provisioner: cgroup.py), the manifest's write directories, namespaces and mounts (the
+workspace nosuid/nodev, every `.git` read-only and fixed in place, the manifest's denied files
+hidden), the idmapped workspace, then the end of privilege (a root server's kernel becomes a
+uid of its own; a user-namespace kernel sheds every capability).
 Then rlimits, Landlock and seccomp. Only then does it point bytecode at the kernel's own
 directory and enter the notebook's folder. It checks that the minimum isolation holds (else it
 exits, saying which layer is missing and why), tells the broker what is in force (once, before

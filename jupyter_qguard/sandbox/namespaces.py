@@ -1,6 +1,7 @@
 """Namespaces and mounts, set up by the launcher before privileges go.
 
-- pid (with its own /proc), net (nothing but a down loopback), mount, ipc and uts namespaces;
+- pid (with its own /proc), net (nothing but a down loopback), mount, ipc, uts and cgroup
+  namespaces;
   an unprivileged server needs a user namespace for them, a root server does not;
 - in the new mount namespace: empty tmpfs over /run (D-Bus, keyring and agent sockets live
   there) and /dev/shm; the workspace as a mount of its own, `nosuid,nodev` (for a root server
@@ -77,12 +78,21 @@ def idmapped_tree(workspace: str, kernel_uid: int, kernel_gid: int) -> int:
 
 def enter(*, rootless: bool) -> list[str]:
     """unshare the namespaces; return their names. Raises OSError if the machine refuses."""
-    flags = sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
+    # The cgroup namespace last joined is the kernel's "/" (cgroup.py): /proc/self/cgroup shows
+    # nothing of the server's hierarchy, and a cgroupfs mounted inside would hold only its own.
+    flags = (
+        sc.CLONE_NEWNS
+        | sc.CLONE_NEWPID
+        | sc.CLONE_NEWNET
+        | sc.CLONE_NEWIPC
+        | sc.CLONE_NEWUTS
+        | sc.CLONE_NEWCGROUP
+    )
     uid, gid = os.getuid(), os.getgid()
     if rootless:
         flags |= sc.CLONE_NEWUSER
     sc.unshare(flags)
-    names = ["mount", "pid", "net", "ipc", "uts"]
+    names = ["mount", "pid", "net", "ipc", "uts", "cgroup"]
     if rootless:
         # The same ids inside as outside: files keep their owner, and since the uid is not 0
         # inside; the launcher then drops every capability the namespace gave.

@@ -87,6 +87,7 @@ def probe_namespaces() -> dict[str, Any]:
 
     root = os.geteuid() == 0
     flags = sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
+    flags |= sc.CLONE_NEWCGROUP
     if not root:
         flags |= sc.CLONE_NEWUSER
     sc.unshare(flags)
@@ -156,10 +157,17 @@ def probe_rlimits() -> dict[str, Any]:
     return {"available": True}
 
 
+def probe_cgroup() -> dict[str, Any]:
+    from .cgroup import probe
+
+    return probe()
+
+
 def probe_all(workspace: str | None = None) -> dict[str, Any]:
     workspace = workspace or tempfile.gettempdir()
     return {
         "env": {"available": True, "how": "allowlist built by the provisioner"},
+        "cgroup": _in_child(probe_cgroup),
         "nonroot": _in_child(probe_nonroot),
         "namespaces": _in_child(probe_namespaces),
         "idmap": _in_child(lambda: probe_idmap(workspace)),

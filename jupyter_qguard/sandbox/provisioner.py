@@ -12,19 +12,26 @@ On top of jupyter_client's LocalProvisioner it
   time (cut, rate-limited, control characters shown escaped: see KernelOutput);
 - binds a kernel an agent token started to that token's manifest (its write scopes as the
   kernel's write rules, its read denials hidden), for the kernel's whole life, restarts
-  included; the broker knows the starter (`Broker.kernel_starter`).
+  included; the broker knows the starter (`Broker.kernel_starter`);
+- makes each launch a cgroup of its own (cgroup.py: memory, tasks and CPU of all the kernel's
+  processes together), ends the whole kernel at its first OOM kill, removes the cgroup when
+  the kernel ends, and says why a kernel that died on its own ended (`last_end` in its
+  sandbox report: the Kernels tab, `%qguard whoami`, the server log, the audit log).
 The OS layers (Landlock, seccomp, namespaces, uid drop) are applied by `launch.py` in the
 kernel process before ipykernel starts; this class decides what they are.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +43,7 @@ from ..agents.context import current_agent
 from ..agents.manifest import normalize
 from ..broker import runtime
 from ..isolation import ISOLATED_CWD, workspace_on_sys_path
+from . import cgroup as kernel_cgroup
 from . import identity
 from .environment import kernel_environment
 from .kernel_output import KernelOutput
@@ -68,6 +76,13 @@ class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
         self._starter: Any = None
         self._workdir: str | None = None
         self._output: KernelOutput | None = None
+        # This launch's cgroup, what watches it for an OOM kill, and how the launch ended.
+        self._cgroup: kernel_cgroup.KernelCgroup | None = None
+        self._oom_watch: asyncio.Task[None] | None = None
+        self._launches = 0
+        self._stop_requested = False
+        self._exit_code: int | None = None
+        self._last_end: dict[str, Any] | None = None
 
     @property
     def is_qguard(self) -> bool:
@@ -139,6 +154,8 @@ class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
         spec.guard_top_level = home == workspace or home.startswith(workspace + os.sep)
         if os.geteuid() == 0:
             spec.kernel_uid = spec.kernel_gid = identity.uid_for_kernel(self.kernel_id)
+        self._stop_requested, self._exit_code = False, None
+        spec.cgroup = self._make_cgroup(settings)
         env[SPEC_VAR] = spec.to_env()
         kwargs["env"] = env
         kwargs["pass_fds"] = (child_sock.fileno(),)
@@ -155,6 +172,8 @@ class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
                         "hide_patterns": spec.hide_patterns,
                     },
                     "env": env_report,
+                    # Why the previous launch of this kernel ended, when it died on its own.
+                    "last_end": self._last_end,
                 },
                 "kernel_dir": str(self.kernel_dir),
                 # Read by Broker.kernel_starter (an agent token attaches only to kernels it
@@ -166,6 +185,23 @@ class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
             broker.note_agent(self.kernel_id, starter)  # its jobs are the agent's from the start
         self._launched = True
         return await super().pre_launch(**kwargs)
+
+    def _make_cgroup(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """This launch's cgroup (made here, by the server, before the kernel runs; the
+        launcher moves itself in first thing), for the spec; or why there is none."""
+        if "cgroup" in settings.get("disabled", []):
+            return {"why": "disabled by configuration"}
+        limits = dict(settings.get("cgroup") or kernel_cgroup.default_limits())
+        if self._cgroup is not None:  # a launch that failed before it ran: nothing is in it
+            self._cgroup.try_remove()
+            self._cgroup = None
+        self._launches += 1
+        try:
+            place = kernel_cgroup.server_place()
+            self._cgroup = place.create(f"{self.kernel_id}.{self._launches}", limits)
+        except (kernel_cgroup.Unavailable, OSError) as exc:
+            return {"why": f"{exc}; rlimits remain (each process alone)"}
+        return self._cgroup.to_spec()
 
     def _kernel_starter(self, broker: Any) -> Any:
         """The agent whose token started this kernel (agents.tokens.Agent), or None.
@@ -228,7 +264,57 @@ class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
         # Where the kernel works, not where its interpreter started ("/"): what
         # resolve_path() takes relative paths against.
         self.cwd = self._workdir
+        if self._cgroup is not None:
+            self._oom_watch = asyncio.ensure_future(self._end_at_oom(self._cgroup))
         return info
+
+    async def _end_at_oom(self, cg: kernel_cgroup.KernelCgroup) -> None:
+        """At the first OOM kill in the kernel's cgroup, end the whole kernel: cgroup v1 has
+        no memory.oom.group, and a kernel that lost one random process of its tree (its
+        heartbeat thread's, a worker's) is worse than one that restarts cleanly, saying why.
+        (On v2, memory.oom.group has done it already.)"""
+        while not cg.oom_kills():
+            await asyncio.sleep(0.5)
+        if cg.kill():
+            self.log.warning(
+                "qguard: kernel %s ran out of memory: ending all of it", self.kernel_id
+            )
+
+    async def poll(self) -> int | None:
+        code = await super().poll()
+        if code is not None and self.process is not None:
+            self._exit_code = code  # how it ended, kept for cleanup's account
+        return code
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        self._stop_requested = True  # asked to stop: its end is no news
+        await super().shutdown_requested(restart=restart)
+
+    async def _end_launch(self, broker: Any) -> None:
+        """The launch is over (its supervisor reaped): say why it ended if it died on its own,
+        then kill whatever of it is left and remove its cgroup."""
+        if self._oom_watch is not None:
+            self._oom_watch.cancel()
+            self._oom_watch = None
+        cg, self._cgroup = self._cgroup, None
+        kills, limits = (cg.oom_kills(), cg.limits) if cg is not None else (0, {})
+        end = describe_end(kills, limits, self._exit_code, self._stop_requested)
+        # Kept for the next launch's report; a stop someone asked for clears it.
+        self._last_end = end
+        if end is not None:
+            self.log.warning("qguard: kernel %s ended: %s", self.kernel_id, end["reason"])
+            if broker is not None:
+                broker.record("kernel.end", kernel=self.kernel_id, **end)
+                known = broker.kernels.get(self.kernel_id)
+                if known is not None:
+                    known.setdefault("sandbox", {})["last_end"] = end
+        if cg is not None and not await cg.remove():
+            self.log.warning(
+                "qguard: the cgroup %s of kernel %s is still busy; the next server start "
+                "removes it",
+                cg.path,
+                self.kernel_id,
+            )
 
     async def cleanup(self, restart: bool = False) -> None:
         if self._output is not None:
@@ -242,11 +328,38 @@ class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
             broker = runtime.current()
         except runtime.BrokerNotRunning:
             broker = None
+        await self._end_launch(broker)
         if broker is not None:
             broker.detach_kernel(self.kernel_id, forget=not restart)
         if not restart and self.kernel_dir is not None:
             shutil.rmtree(self.kernel_dir, ignore_errors=True)
             self.kernel_dir = None
+
+
+def describe_end(
+    oom_kills: int, limits: dict[str, Any], code: int | None, requested: bool
+) -> dict[str, Any] | None:
+    """Why a kernel launch ended, for the person; None when it was asked to stop."""
+    at = time.time()
+    if oom_kills:
+        memory = int(limits.get("memory_max") or 0)
+        limit = f" ({memory >> 20} MiB)" if memory else ""
+        return {
+            "reason": "out of memory: the kernel's processes together reached its memory "
+            f"limit{limit}, and the whole kernel was ended (cgroup OOM kill)",
+            "oom_kills": oom_kills,
+            "exit": code,
+            "at": at,
+        }
+    if requested or not code:
+        return None
+    # The supervisor exits with 128 + N when the kernel died of signal N.
+    number = -code if code < 0 else code - 128 if code > 128 else 0
+    try:
+        how = f"signal {signal.Signals(number).name}" if number else f"exit status {code}"
+    except ValueError:
+        how = f"exit status {code}"
+    return {"reason": f"the kernel died on its own ({how})", "oom_kills": 0, "exit": code, "at": at}
 
 
 _GLOB_CHARS = re.compile(r"[*?\[]")

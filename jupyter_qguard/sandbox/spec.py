@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 SPEC_VAR = "QGUARD_SANDBOX_SPEC"
 
 # Every layer, in the order the launcher applies them.
-LAYERS = ("env", "nonroot", "namespaces", "idmap", "rlimits", "landlock", "seccomp")
+LAYERS = ("env", "cgroup", "nonroot", "namespaces", "idmap", "rlimits", "landlock", "seccomp")
 DEFAULT_MINIMUM = ("env", "nonroot", "landlock", "seccomp")
 
 # What the confined process is: an agent kernel (launch.py, ipykernel) or an agent's own
@@ -62,6 +63,9 @@ class SandboxSpec:
     kernel_uid: int | None = None  # set when the server runs as root
     kernel_gid: int | None = None
     rlimits: dict[str, int] = field(default_factory=dict)
+    # The kernel's own cgroup, made by the provisioner (cgroup.KernelCgroup.to_spec()), or
+    # {"why": ...} when it could not be had; None: no cgroup layer (agent processes).
+    cgroup: dict[str, Any] | None = None
     extra_read_paths: list[str] = field(default_factory=list)
     # The workspace is (or holds) the server user's home: its top level is where shell rc
     # files, ~/.jupyter and ~/.local live, so there the kernel writes only inside existing

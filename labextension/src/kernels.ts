@@ -104,5 +104,11 @@ function kernelItem(kernel: IKernelReport, path: string | undefined): HTMLLIElem
     layers.append(li);
   }
   item.append(top, id, layers);
+  if (sandbox.last_end?.reason) {
+    // A kernel that died on its own was restarted: say why (JupyterLab only says it died).
+    const ended = element('p', 'jp-QGuard-lastEnd', `Last restart: ${sandbox.last_end.reason}`);
+    ended.setAttribute('role', 'status');
+    item.append(ended);
+  }
   return item;
 }
