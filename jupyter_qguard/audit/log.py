@@ -259,12 +259,22 @@ class AuditLog:
         finally:
             os.close(fd)
 
+    def free_bytes(self) -> int:
+        """Free space (for a non-root writer) on the filesystem the log itself is written to:
+        the audit directory's own, whatever the state dir or the workspace are on (a separate
+        disk, a mount, a link to elsewhere: the directory is opened, and its filesystem asked)."""
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            st = os.fstatvfs(fd)
+        finally:
+            os.close(fd)
+        return st.f_bavail * st.f_frsize
+
     def _check_room(self) -> None:
         try:
-            st = os.statvfs(self.dir)
+            free = self.free_bytes()
         except OSError as exc:
             raise self._unavailable(exc) from None
-        free = st.f_bavail * st.f_frsize
         if free < self.min_free_bytes:
             raise AuditUnavailable(
                 f"the audit log {self.path} cannot be written: the disk is full ({free} bytes "

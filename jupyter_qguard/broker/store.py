@@ -657,6 +657,22 @@ class Store:
             ).all()
         return {h for row in rows for h in row if h}
 
+    def change_refs(self, since: dt.datetime) -> list[tuple[str, str, str | None, str | None]]:
+        """(path, actor, before_sha, after_sha) of the changes since `since`, oldest first:
+        what the snapshot store's pruning needs to tell the agents' content from the person's."""
+        with self._tx() as session:
+            rows = session.execute(
+                select(
+                    WorkspaceChange.path,
+                    WorkspaceChange.actor,
+                    WorkspaceChange.before_sha,
+                    WorkspaceChange.after_sha,
+                )
+                .where(WorkspaceChange.at >= since)
+                .order_by(WorkspaceChange.id)
+            ).all()
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
     def events(self, job_id: str) -> list[dict[str, Any]]:
         found = self.get_with_history(job_id)
         return found["events"] if found else []

@@ -193,36 +193,49 @@ class SnapshotStore:
         max_age_seconds: float | None,
         max_total_bytes: int | None,
         keep: Iterable[str] = (),
+        evict_first: Iterable[str] = (),
     ) -> PruneResult:
-        """Remove objects not used for `max_age_seconds`, then the least recently used ones
-        until at most `max_total_bytes` remain; never an object in `keep`.
+        """Remove objects not used for `max_age_seconds`, then, while more than
+        `max_total_bytes` remain, the objects in `evict_first` (least recently used first),
+        then the other least recently used ones; never an object in `keep`.
 
         The cap is best effort: if the kept objects alone exceed it, they all stay. The caller
         must keep what is still referenced: pending jobs, recent changes and the watcher's
         current baseline (`WorkspaceWatcher.known_hashes()`), or a later revert loses its
-        "before".
+        "before". `evict_first` is what may go before anything else (the tracker passes what
+        agent kernels wrote: their churn must not push out the person's snapshots).
         """
         keep_set = set(keep)
+        first_set = set(evict_first) - keep_set
         now = time.time()
         self._remove_stale_tmp(now)
-        candidates: list[tuple[float, int, Path]] = []
+        first: list[tuple[float, int, Path]] = []
+        rest: list[tuple[float, int, Path]] = []
         total = 0
         for sha, path, st in self._objects():
             total += st.st_size
-            if sha not in keep_set:
-                candidates.append((st.st_mtime, st.st_size, path))
-        candidates.sort(key=lambda item: item[0])
+            if sha in first_set:
+                first.append((st.st_mtime, st.st_size, path))
+            elif sha not in keep_set:
+                rest.append((st.st_mtime, st.st_size, path))
+        first.sort(key=lambda item: item[0])
+        rest.sort(key=lambda item: item[0])
         removed = 0
         freed = 0
-        for mtime, size, path in candidates:
-            too_old = max_age_seconds is not None and now - mtime > max_age_seconds
-            too_big = max_total_bytes is not None and total - freed > max_total_bytes
-            if not (too_old or too_big):
-                # Sorted oldest first: nothing after this one is older, and the cap is met.
-                break
-            if self._remove(path):
-                removed += 1
-                freed += size
+        gone: set[Path] = set()
+        if max_age_seconds is not None:
+            for mtime, size, path in first + rest:
+                if now - mtime > max_age_seconds and self._remove(path):
+                    removed += 1
+                    freed += size
+                    gone.add(path)
+        if max_total_bytes is not None:
+            for _mtime, size, path in first + rest:
+                if total - freed <= max_total_bytes:
+                    break
+                if path not in gone and self._remove(path):
+                    removed += 1
+                    freed += size
         with self._lock:
             # A fresh scan's figure, less what went: objects put meanwhile are counted by put.
             self._total = None

@@ -5,8 +5,19 @@ Attribution: a change belongs to an agent kernel when one was executing when the
 (or finished executing after that), else to the person. Both signals come from the server's view
 of the kernels (execution state and last activity, which the server's kernel manager updates
 from the kernel's messages): when in doubt the agent is named, since wrongly blaming the agent
-is safer than wrongly clearing it. Root-mode kernels run as a uid of their own, so there a file
-owned by a kernel's uid also names the agent.
+is safer than wrongly clearing it. File ownership names nobody: a root server's kernels write
+through an idmapped mount, so their files land as the owner's. What does name a kernel that is
+not executing is its processes' own write counters (kernel_io.py, when the app gives the
+kernels' processes): a kernel whose processes wrote just before a change counts as active, so
+a thread or child left writing after its cell returned is named too.
+
+Disk: each agent kernel has a write budget (budget.py): what the changes attributed to it add
+to the workspace; past it the kernel is stopped, through the `stop_kernel` callback the app
+gives (the server's kernel manager), with the reason in an alert event, the server log and a
+`kernel.stop` audit entry. Agent writes that eat into the room the audit log keeps on its disk
+raise an alert, and stop the writing kernels before the reserve is reached (disk.py). The
+snapshot store's cap is restored as soon as a batch of changes takes the store past it, and
+agent kernels' content goes first (`prune`).
 
 Alerts: an agent kernel's change to a file a person's own tools run later (bytecode, `.git`,
 `conftest.py`, `Makefile`, `.vscode/`...: toolfiles.TOOL_FILES) raises an alert event naming
@@ -25,12 +36,15 @@ import asyncio
 import datetime as dt
 import logging
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from .. import workspace_io as wio
-from .snapshots import SnapshotNotFound, SnapshotStore
+from .budget import WriteBudget
+from .disk import DiskWatch
+from .kernel_io import WriteActivity
+from .snapshots import PruneResult, SnapshotNotFound, SnapshotStore
 from .toolfiles import alert_text, tool_file
 from .watcher import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ENTRIES, Change, WorkspaceWatcher
 
@@ -42,6 +56,12 @@ ACTIVITY_SLACK_SECONDS = 1.0
 # Alerts for tool files, one per file, at most this many from one batch (an agent's `git init`
 # writes dozens of files); the rest are named together in one more alert.
 MAX_TOOL_ALERTS = 20
+# Once a batch of changes takes the snapshot store past its cap, it is pruned to this share of
+# the cap, so that an agent's churn costs one prune every few files rather than one per file.
+PRUNE_TO_SHARE = 0.9
+# Jobs whose bound files' snapshots are never pruned: they wait for a person, or run soon.
+LIVE_JOB_STATES = ("pending_approval", "approved", "queued")
+AGENT_ACTORS = ("kernel:", "agent:")
 _ENTRY_WORDS = {**wio.ENTRY_WORDS, "directory": "a folder", "other": "a special file"}
 
 
@@ -66,6 +86,9 @@ class ChangeTracker:
         max_age_seconds: float,
         max_entries: int | None = DEFAULT_MAX_ENTRIES,
         max_depth: int | None = DEFAULT_MAX_DEPTH,
+        write_budget: int = 0,
+        stop_kernel: Callable[[str, str], Awaitable[None]] | None = None,
+        kernel_roots: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.broker = broker
         self.root = str(Path(root).resolve())
@@ -80,6 +103,18 @@ class ChangeTracker:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Paths being reverted: (actor, change undone, future of the recorded revert).
         self._reverting: dict[str, tuple[str, int, asyncio.Future[dict[str, Any]]]] = {}
+        self.budget = WriteBudget(write_budget)
+        # Called with (kernel id, reason) to stop an agent kernel (the app: its kernel manager).
+        self.stop_kernel = stop_kernel
+        self._stopped: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.writes = WriteActivity(kernel_roots) if kernel_roots is not None else None
+        audit = getattr(broker, "audit", None)
+        self.disk = (
+            DiskWatch(audit.dir, audit.min_free_bytes, self.root) if audit is not None else None
+        )
+        self._prune_lock = asyncio.Lock()
+        self._cap_prune: asyncio.Task[Any] | None = None
         self.watcher = WorkspaceWatcher(
             self.root,
             self._from_watcher,
@@ -95,6 +130,8 @@ class ChangeTracker:
         self._loop = asyncio.get_running_loop()
         # The initial scan snapshots the workspace (seconds for 10,000 files): off the loop.
         await self._loop.run_in_executor(None, self.watcher.start)
+        if self.writes is not None:
+            self.writes.start()
         log.info(
             "qguard: watching %s (%.1f s initial scan)",
             self.root,
@@ -113,6 +150,8 @@ class ChangeTracker:
     async def stop(self) -> None:
         if self._loop is not None:
             await self._loop.run_in_executor(None, self.watcher.stop)
+        if self.writes is not None:
+            await asyncio.to_thread(self.writes.stop)
 
     # -- from the watcher's thread ----------------------------------------------------------
 
@@ -122,6 +161,13 @@ class ChangeTracker:
             return
         # Who was active is read now, on the watcher's thread: a few hundred ms after the write.
         active = self.agent_activity()
+        if self.writes is not None:
+            # A kernel whose processes wrote since the last sample (half a second) was active
+            # then, executing or not.
+            wrote = self.writes.sample()
+            active = {
+                k: (state, max(last, wrote.get(k, 0.0))) for k, (state, last) in active.items()
+            }
         asyncio.run_coroutine_threadsafe(self.record(changes, active), loop)
 
     def _authors(self, change: Change, active: dict[str, tuple[str, float]]) -> list[str]:
@@ -181,6 +227,7 @@ class ChangeTracker:
             if reverting is not None and not reverting[2].done():
                 reverting[2].set_result(row)
         self._alert_tool_files(stored)
+        self._police_disk(stored)
         await self.broker.void_for_changes(stored)
         await self._scan_changed([r["path"] for r in stored if r["after_sha"]])
         return stored
@@ -224,6 +271,103 @@ class ChangeTracker:
                     f"person's own tools run, among them {', '.join(paths[:5])}",
                 }
             )
+
+    def _police_disk(self, rows: list[dict[str, Any]]) -> None:
+        """Count what agent kernels added (their write budget), watch the audit log's disk,
+        and restore the snapshot store's cap: after each batch of recorded changes."""
+        self.budget.forget(list(self.broker.kernels))
+        for overrun in self.budget.charge(rows):
+            self._stop(
+                overrun.kernel_id,
+                overrun.reason,
+                kind="write_budget",
+                added_bytes=overrun.added,
+                budget_bytes=overrun.budget,
+                paths=list(overrun.paths),
+            )
+        grew = self.budget.grew(rows)
+        finding = None
+        if self.disk is not None and grew:
+            remaining = {k: self.budget.remaining(k) for k in grew}
+            finding = self.disk.check(grew, remaining)
+        if finding is not None:
+            fresh = [k for k in finding.kernels if k not in self._stopped]
+            if finding.level in ("stop", "full"):
+                for kernel_id in fresh:
+                    self._stop(
+                        kernel_id,
+                        finding.stop_reason(kernel_id),
+                        kind="disk",
+                        alert=False,
+                        free_bytes=finding.free,
+                        reserve_bytes=finding.reserve,
+                    )
+            if finding.rose or (finding.level != "low" and fresh):
+                log.warning("qguard: %s", finding.message)
+                self.broker.events.publish(
+                    {
+                        "type": "alert",
+                        "kind": "disk",
+                        "level": finding.level,
+                        "kernels": list(finding.kernels),
+                        "free_bytes": finding.free,
+                        "reserve_bytes": finding.reserve,
+                        "audit_dir": finding.audit_dir,
+                        "message": finding.message,
+                    }
+                )
+        if any(r["after_stored"] for r in rows):
+            self._restore_cap_soon()
+
+    def _stop(
+        self, kernel_id: str, reason: str, *, kind: str, alert: bool = True, **fields: Any
+    ) -> None:
+        """Stop an agent kernel, once, saying why: the server log, the audit log (a
+        `kernel.stop` entry) and, unless the caller raises its own, an alert event."""
+        if kernel_id in self._stopped:
+            return
+        self._stopped.add(kernel_id)
+        log.warning("qguard: %s", reason)
+        self.broker.record("kernel.stop", kernel=kernel_id, reason=reason, cause=kind, **fields)
+        if alert:
+            self.broker.events.publish(
+                {"type": "alert", "kind": kind, "kernel": kernel_id, "message": reason, **fields}
+            )
+        if self.stop_kernel is None:
+            log.error("qguard: no way to stop kernel %s here (no stop_kernel given)", kernel_id)
+            return
+        task = asyncio.ensure_future(self._stop_now(kernel_id, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stop_now(self, kernel_id: str, reason: str) -> None:
+        assert self.stop_kernel is not None
+        try:
+            await self.stop_kernel(kernel_id, reason)
+        except Exception:
+            log.exception("qguard: stopping kernel %s failed", kernel_id)
+
+    def _restore_cap_soon(self) -> None:
+        """Prune in the background if the store is past its cap (one prune at a time; a
+        batch that arrives during one is covered by the next check)."""
+        if self._cap_prune is not None and not self._cap_prune.done():
+            return
+        self._cap_prune = asyncio.ensure_future(self._restore_cap())
+
+    async def _restore_cap(self) -> None:
+        try:
+            total = await asyncio.to_thread(self.snapshots.size_total)
+            if total > self.max_total_bytes:
+                result = await self.prune(int(self.max_total_bytes * PRUNE_TO_SHARE))
+                log.info(
+                    "qguard: the snapshot store was past its cap (%d bytes): %d objects "
+                    "removed, %d bytes left",
+                    self.max_total_bytes,
+                    result.removed,
+                    result.total_bytes,
+                )
+        except Exception:
+            log.exception("qguard: restoring the snapshot store's cap failed")
 
     async def _scan_changed(self, paths: list[str]) -> None:
         """A likely secret written into the workspace (where agent kernels read) raises an
@@ -384,19 +528,67 @@ class ChangeTracker:
                 return f"{rel} was not restored: {prefix} is now {what}, not a folder"
         return None
 
-    async def prune(self) -> None:
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.max_age_seconds)
-        keep = set(self.watcher.known_hashes())
-        keep |= await self.broker._db(self.broker.store.change_hashes, since)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            None,
-            lambda: self.snapshots.prune(
+    async def prune(self, max_total_bytes: int | None = None) -> PruneResult:
+        """Remove old snapshots, then keep the store under its cap (`max_total_bytes`, by
+        default the configured one). Never removed: the person's content (what the person
+        wrote, files as they were before an agent changed them, current files last written
+        by the person) referred to by a recent change or by the watcher's baseline, and what
+        a live job needs (its bound files' current content and their newest change's before
+        and after: the review shows that diff). Agent kernels' content goes first, least
+        recently used first (`classify`)."""
+        async with self._prune_lock:
+            since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.max_age_seconds)
+            refs = await self.broker._db(self.broker.store.change_refs, since)
+            current = await asyncio.to_thread(self.watcher.known_files)
+            person, agent = classify(refs, current)
+            keep = person | await self._live_job_hashes(current)
+            cap = self.max_total_bytes if max_total_bytes is None else max_total_bytes
+            return await asyncio.to_thread(
+                self.snapshots.prune,
                 max_age_seconds=self.max_age_seconds,
-                max_total_bytes=self.max_total_bytes,
+                max_total_bytes=cap,
                 keep=keep,
-            ),
+                evict_first=agent - keep,
+            )
+
+    async def _live_job_hashes(self, current: dict[str, str]) -> set[str]:
+        jobs = await self.broker._db(
+            self.broker.store.list, states=list(LIVE_JOB_STATES), limit=100000
         )
+        paths = sorted({p for job in jobs for p in job.get("files") or {}})
+        if not paths:
+            return set()
+        latest = await self.broker._db(self.broker.store.latest_changes, paths)
+        out = {current[p] for p in paths if p in current}
+        for change in latest.values():
+            out |= {h for h in (change["before_sha"], change["after_sha"]) if h}
+        return out
+
+
+def classify(
+    refs: Iterable[tuple[str, str, str | None, str | None]], current: dict[str, str]
+) -> tuple[set[str], set[str]]:
+    """(the person's content, agent kernels' content) among these changes (path, actor,
+    before, after; oldest first) and the current files (path -> hash).
+
+    A change's `after` is its author's. Its `before` is the author of the change before it
+    at that path, or the person's when there is none (the file was there before the window:
+    an agent deleting or overwriting it destroys the person's content, the one thing a revert
+    must be able to bring back). A current file is its last change's author's. Content that is
+    both (an agent copied a person's file) is the person's."""
+    by_agent: dict[str, bool] = {}
+    person: set[str] = set()
+    agent: set[str] = set()
+    for path, actor, before, after in refs:
+        mine = str(actor).startswith(AGENT_ACTORS)
+        if before:
+            (agent if by_agent.get(path, False) else person).add(before)
+        if after:
+            (agent if mine else person).add(after)
+        by_agent[path] = mine
+    for path, sha in current.items():
+        (agent if by_agent.get(path, False) else person).add(sha)
+    return person, agent - person
 
 
 def _utc(ts: float) -> dt.datetime:

@@ -322,6 +322,14 @@ class WorkspaceWatcher:
         )
         return hashes
 
+    def known_files(self) -> dict[str, str]:
+        """Path -> hash of every file whose content the watcher knows (`known_hashes` by path:
+        pruning asks who wrote each)."""
+        files: dict[str, str] = self._call(
+            lambda: {p: k.sha for p, k in self._known.items() if k.sha is not None}
+        )
+        return files
+
     def known(self, path: str) -> tuple[str | None, int] | None:
         """(sha, size) the watcher holds for a relative path, or None if it knows no such entry
         (for a link, FIFO... sha is None: see `known_entry`)."""

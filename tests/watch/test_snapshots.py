@@ -198,6 +198,19 @@ def test_prune_cap_is_best_effort_when_kept_objects_exceed_it(tmp_path):
     assert result == snapshots.PruneResult(removed=0, freed_bytes=0, total_bytes=200)
 
 
+def test_prune_to_the_cap_takes_evict_first_objects_first_oldest_first(tmp_path):
+    """Agent churn (evict_first) goes before the person's older unkept objects, oldest first;
+    a kept object among them stays."""
+    store = SnapshotStore(tmp_path / "o")
+    person_old = _aged(store, b"p" * 100, 900)
+    agent = [_aged(store, bytes([65 + i]) * 100, 500 - 100 * i) for i in range(4)]
+    bound = agent[0]
+    result = store.prune(max_age_seconds=None, max_total_bytes=300, keep={bound}, evict_first=agent)
+    # 500 bytes, a cap of 300: agent[1] and agent[2] (the oldest not kept) go, not person_old.
+    assert result == snapshots.PruneResult(removed=2, freed_bytes=200, total_bytes=300)
+    assert [store.has(k) for k in (person_old, *agent)] == [True, True, False, False, True]
+
+
 def test_get_and_repeated_put_count_as_use(tmp_path):
     store = SnapshotStore(tmp_path / "o")
     read = _aged(store, b"read later", 1000)
