@@ -34,7 +34,7 @@ from .handlers import ROUTES
 from .isolation import drop_workspace_from_sys_path
 from .policy.engine import PolicyEngine
 from .providers import provider_classes
-from .sandbox import rlimits
+from .sandbox import cgroup, rlimits
 from .sandbox.environment import DEFAULT_ALLOWLIST
 from .sandbox.provisioner import sweep_stale_kernel_dirs
 from .sandbox.spec import DEFAULT_MINIMUM, LAYERS
@@ -173,6 +173,14 @@ class QGuardApp(ExtensionApp):
         "recent change still refers to them.",
     ).tag(config=True)
 
+    kernel_write_budget_bytes = Int(
+        4 * 1024 * 1024 * 1024,
+        help="What one agent kernel may add to the workspace (files it created or grew, less "
+        "what it deleted, as the change feed attributes them): past it the kernel is stopped, "
+        "saying why (an alert, the server log, the audit log); its files stay. 0: no budget. "
+        "kernel_rlimits' file_size bounds each file at once; this bounds them together.",
+    ).tag(config=True)
+
     secret_scan = Enum(
         ["block", "warn", "off"],
         default_value="block",
@@ -257,6 +265,17 @@ class QGuardApp(ExtensionApp):
         help="rlimits of agent kernels: memory (bytes of address space), cpu_seconds, "
         "processes, file_size (bytes), open_files; 0 leaves one as it is. Default: half the "
         "machine's memory, 256 processes, 8 GiB files, 4096 open files, no CPU cap.",
+    ).tag(config=True)
+
+    kernel_cgroup_limits = Dict(
+        help="The cgroup of each agent kernel, all of its processes together: memory_max "
+        "(bytes; swap none), pids_max (tasks: processes and threads), cpus (a cap in cores, "
+        "may be fractional), cpu_weight (1-10000, 100 being every other cgroup's); 0 leaves "
+        "one unlimited. Default: half the machine's memory, 512 tasks, no cap on cores and a "
+        "weight of 25, so that the server's threads outweigh the kernel's four to one when "
+        "both want the CPU and a compute-bound cell loses nothing otherwise. Where this "
+        "machine gives no cgroup (`jupyter qguard doctor` says why), only kernel_rlimits "
+        "apply, each process alone.",
     ).tag(config=True)
 
     kernel_extra_read_paths = List(
@@ -396,6 +415,21 @@ class QGuardApp(ExtensionApp):
     def _default_rlimits(self) -> dict[str, int]:
         return rlimits.defaults()
 
+    @default("kernel_cgroup_limits")
+    def _default_cgroup_limits(self) -> dict[str, int]:
+        return cgroup.default_limits()
+
+    @validate("kernel_cgroup_limits")
+    def _validate_cgroup_limits(self, proposal: Any) -> dict[str, Any]:
+        value = {**cgroup.default_limits(), **proposal["value"]}
+        unknown = set(value) - {"memory_max", "pids_max", "cpus", "cpu_weight"}
+        if unknown:
+            raise ValueError(f"unknown kernel_cgroup_limits {sorted(unknown)}")
+        for name, limit in value.items():
+            if not isinstance(limit, int | float) or isinstance(limit, bool) or limit < 0:
+                raise ValueError(f"kernel_cgroup_limits[{name!r}] must be a number >= 0")
+        return value
+
     @validate("sandbox_minimum", "sandbox_disabled")
     def _validate_layers(self, proposal: Any) -> list[str]:
         unknown = set(proposal["value"]) - set(LAYERS)
@@ -408,6 +442,12 @@ class QGuardApp(ExtensionApp):
         if proposal["value"] <= 0:
             raise ValueError(f"QGuardApp.{proposal['trait'].name} must be more than 0")
         return proposal["value"]
+
+    @validate("kernel_write_budget_bytes")
+    def _validate_write_budget(self, proposal: Any) -> int:
+        if proposal["value"] < 0:
+            raise ValueError("QGuardApp.kernel_write_budget_bytes must be 0 (none) or more")
+        return int(proposal["value"])
 
     @validate("backends")
     def _validate_backends(self, proposal: Any) -> dict[str, Any]:
@@ -560,6 +600,7 @@ class QGuardApp(ExtensionApp):
                 "minimum": list(self.sandbox_minimum),
                 "disabled": list(self.sandbox_disabled),
                 "rlimits": dict(self.kernel_rlimits),
+                "cgroup": dict(self.kernel_cgroup_limits),
                 "extra_read_paths": list(self.kernel_extra_read_paths),
             },
             policy=policy,
@@ -610,6 +651,8 @@ class QGuardApp(ExtensionApp):
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         for path in sweep_stale_kernel_dirs(self.kernel_runtime_root):
             self.log.info("qguard: removed %s, left by a server that no longer runs", path)
+        for path in cgroup.sweep_leftovers():
+            self.log.info("qguard: removed cgroup %s, left by a server that no longer runs", path)
         await self.broker.start()
         if self.watch_enabled:
             await self._start_watching()
@@ -689,6 +732,33 @@ class QGuardApp(ExtensionApp):
             )
         return out
 
+    def _agent_kernel_roots(self) -> dict[str, int]:
+        """The host pid of each running agent kernel's top process (its tree is the kernel's
+        processes: the change feed reads their write counters)."""
+        out = {}
+        for kernel_id in list(self.broker.kernels):
+            try:
+                km = self.serverapp.kernel_manager.get_kernel(kernel_id)
+            except KeyError:
+                continue
+            provisioner = getattr(km, "provisioner", None)
+            pid = getattr(provisioner, "pid", None)
+            if pid and getattr(provisioner, "process", None) is not None:
+                out[kernel_id] = int(pid)
+        return out
+
+    async def _stop_agent_kernel(self, kernel_id: str, reason: str) -> None:
+        """Stop an agent kernel for good (not restarted); the tracker has said why. Killed at
+        once (`now`: a polite shutdown request gives a hostile kernel seconds more to write),
+        its provisioner told first that the end was asked for (no "died on its own")."""
+        km = self.serverapp.kernel_manager
+        if kernel_id not in km:
+            return
+        provisioner = getattr(km.get_kernel(kernel_id), "provisioner", None)
+        if provisioner is not None:
+            await provisioner.shutdown_requested(restart=False)
+        await km.shutdown_kernel(kernel_id, now=True)
+
     async def _start_watching(self) -> None:
         from .watch.tracker import ChangeTracker
 
@@ -704,6 +774,9 @@ class QGuardApp(ExtensionApp):
             max_file_bytes=self.snapshot_max_file_bytes,
             max_total_bytes=self.snapshot_max_total_bytes,
             max_age_seconds=self.snapshot_max_age_seconds,
+            write_budget=self.kernel_write_budget_bytes,
+            stop_kernel=self._stop_agent_kernel,
+            kernel_roots=self._agent_kernel_roots,
         )
         self.broker.tracker = self.tracker
         await self.tracker.start()

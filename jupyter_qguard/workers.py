@@ -1,9 +1,13 @@
-"""Worker processes that do not outlive their parent.
+"""Unsandboxed worker pools of the server whose processes do not outlive it.
 
-The Aer and fake-cloud pools are spawned processes holding hundreds of megabytes each; when the
-server is killed (`kill -9`, the OOM killer) nothing tells them, and they would live on as
-orphans. Each worker watches its parent instead: PR_SET_PDEATHSIG would fire when the spawning
-*thread* ends, which for a pool is not the server's lifetime.
+The hashing and fake-cloud pools are spawned processes; when the server is killed (`kill -9`,
+the OOM killer) nothing tells them, and they would live on as orphans. Each worker watches its
+parent instead: PR_SET_PDEATHSIG would fire when the spawning *thread* ends, which for a pool is
+not the server's lifetime.
+
+These pools are not sandboxed. An agent's program bytes (QPY, OpenQASM), which a loader may
+turn into code (CVE-2025-2000), are never given to them: they go to the program workers
+(sandbox/worker_pool.py), confined like an agent kernel, which answer in JSON, never pickle.
 
 Every pool is made with `spawn_context()`: its children start isolated (`python -I`, from "/"),
 so nothing an agent wrote into the server's working directory (often the workspace) is

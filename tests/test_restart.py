@@ -61,10 +61,15 @@ async def test_pending_job_survives_restart_and_runs_once(tmp_path, how):
         kernel.close()
     finally:
         old_pid = server.proc.pid
-        # the simulator's worker processes (the preflight ran in them)
-        workers = [p for p in children_of(old_pid) if "spawn_main" in cmdline(p)]
+        # the program workers (the preflight ran in them), and below each its pid namespace's
+        # init and the worker itself
+        workers = [
+            p for p in children_of(old_pid) if "jupyter_qguard.sandbox.worker_launch" in cmdline(p)
+        ]
+        for p in workers:  # grows as it goes: every process below them too
+            workers += children_of(p)
         server.stop(how)
-    assert len(workers) >= 1
+    assert len(workers) >= 3  # at least one worker: its supervisor, init and itself
     # The kernel does not outlive the server that guarded it, even after kill -9.
     for _ in range(50):
         if not kernel_processes(kernel.id):

@@ -49,8 +49,13 @@ async def test_the_review_shows_source_drawing_file_changes_and_budget(
     r = await jp_fetch("qguard", "api", "jobs", job_id, "review")
     review = json.loads(r.body)
     assert review["job_id"] == job_id and review["format"] == "qpy"
-    # Qiskit's text drawing: the H box and the CNOT's target on the second wire.
+    # Qiskit's text drawing of the circuit as it will run, transpiled for Aer (whose gates
+    # include H and CX): the H box and the CNOT's target on the second wire.
+    assert review["drawing_target"] == "aer" and review["drawing_note"] is None
     assert "┤ H ├" in review["drawing"] and "┤ X ├" in review["drawing"]
+    # No source was sent; were there one, it is the kernel's word only.
+    assert review["source"] is None
+    assert (review["source_origin"], review["source_verified"]) == ("kernel", False)
     [params] = [f for f in review["files"] if f["path"] == "params.json"]
     diff = params["change"]["diff"]
     assert params["change"]["actor"].split(":")[0] in ("user", "kernel")

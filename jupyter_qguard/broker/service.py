@@ -54,6 +54,10 @@ BURST_MARK = "in the current window is far above"
 # in-server agent's presence never holds to step-up MFA (agents/inprocess.py).
 SIMULATOR_TIER = "simulator"
 POLICY_MFA_REASON = "the policy asks for step-up MFA to approve this job"
+SOURCE_NOTE = (
+    "the kernel's own description of the program, unverified: what runs is the program the "
+    "drawing and the lint were made from"
+)
 
 
 class JobNotFound(LookupError):
@@ -257,9 +261,12 @@ class Broker:
         )
         self.record("policy.load", version=self.policy.version, reloaded=False)
         self._probe = asyncio.ensure_future(self._run_probe())
+        aer = self.providers.get("aer")
+        if aer is not None and hasattr(aer, "sandbox"):
+            # Programs are parsed in workers confined as the agent kernels are.
+            aer.sandbox = dict(self.kernel_settings)
         for provider in self.providers.values():
             await provider.start()
-        aer = self.providers.get("aer")
         snapshots = {str(b["snapshot"]) for b in self.backends.values() if b.get("snapshot")}
         if snapshots and hasattr(aer, "warm_snapshots"):
             aer.warm_snapshots(snapshots)
@@ -788,18 +795,28 @@ class Broker:
         return job
 
     async def review(self, job_id: str) -> dict[str, Any]:
-        """What an approver looks at beyond the job itself: the source, the circuit drawing,
+        """What an approver looks at beyond the job itself: the circuit drawn as it will run
+        (transpiled for the backend's target, in a program worker, within lint_timeout), the
+        kernel's own source text (labelled as such: nothing checks it against the program),
         how each bound file last changed, and the budget left today."""
         job = await self.get(job_id)
         request, _ = await self._db(self.store.run_inputs, job_id)
         program = request["program"]
+        target = self.lint_target(self.backends.get(job["backend"]))
+        drawn: dict[str, Any] = {"drawing": None, "target": None, "why_not": None}
         try:
-            drawing = await self.providers["aer"].draw(  # type: ignore[attr-defined]
-                program["format"], base64.b64decode(program["payload_b64"])
+            drawn = await self.providers["aer"].draw(  # type: ignore[attr-defined]
+                program["format"],
+                base64.b64decode(program["payload_b64"]),
+                target,
+                timeout=self.lint_timeout,
             )
+        except TimeoutError:
+            drawn["why_not"] = f"drawing it took longer than {self.lint_timeout:g} s"
         except Exception as exc:
-            drawing = None
-            log.info("qguard: no drawing for job %s: %s", job_id, exc)
+            drawn["why_not"] = f"it could not be drawn: {exc}"
+        if drawn["drawing"] is None:
+            log.info("qguard: no drawing for job %s: %s", job_id, drawn["why_not"])
         files = (
             await self.tracker.latest_diffs(sorted(job["files"]))
             if self.tracker is not None
@@ -815,8 +832,16 @@ class Broker:
         return {
             "job_id": job_id,
             "source": program.get("source"),
+            # The source is text the kernel sent beside the program: it may say anything.
+            "source_origin": "kernel",
+            "source_verified": False,
+            "source_note": SOURCE_NOTE,
             "format": program["format"],
-            "drawing": drawing,
+            "drawing": drawn["drawing"],
+            # What the drawing shows: the circuit transpiled for this target (the gates the
+            # backend runs), or, with None, the program as sent (`drawing_note` says why).
+            "drawing_target": drawn["target"],
+            "drawing_note": drawn["why_not"],
             "files": files,
             "budget": {
                 "daily": limit,
@@ -1267,7 +1292,9 @@ class Broker:
     async def write_bundle(self, job: dict[str, Any], spec: RunSpec, provider: Provider) -> Path:
         assert self.bundles_dir is not None and self.audit is not None
         aer = self.providers["aer"]
-        exported = await aer.export(spec.program_format, spec.payload)  # type: ignore[attr-defined]
+        exported = await aer.export(  # type: ignore[attr-defined]
+            spec.program_format, spec.payload, timeout=self.lint_timeout
+        )
         backend = self.backends.get(job["backend"]) or {}
         try:
             calibration = await provider.calibration(spec) or {

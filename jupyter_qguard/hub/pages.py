@@ -136,7 +136,11 @@ def job(
     elif preflight.get("skipped"):
         parts.append(f"<h2>Simulation</h2><p>{escape(preflight['skipped'])}</p>")
     if review.get("source"):
-        parts.append(f"<h2>Source</h2><pre>{escape(review['source'])}</pre>")
+        # The kernel's own text, sent beside the program: nothing checks it against what runs.
+        parts.append(
+            "<h2>Source: the kernel's own description, unverified</h2>"
+            f"<pre>{escape(review['source'])}</pre>"
+        )
     files = "".join(
         f"<li><code>{escape(p)}</code> {escape(h[:12])}…</li>"
         for p, h in sorted(job.get("files", {}).items())

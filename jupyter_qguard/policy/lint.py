@@ -49,6 +49,10 @@ def lint(
                 "any measurement writes them",
             )
         )
+    # The approver reads the drawing and the operation names; the backend runs the gate the
+    # name (or the drawing's label) says, whatever the definition beside it.
+    for message in facts.get("spoofed_gates") or []:
+        findings.append(finding("error", "spoofed-gate", str(message)))
     transpiled = facts.get("transpiled")
     if (
         transpiled

@@ -1,13 +1,24 @@
-"""Code that runs in the simulator worker processes, never in the server process.
+"""Code that runs in the program worker processes, never in the server process.
 
-Programs come from an untrusted kernel: parsing and simulating them in a separate process keeps
-a parser bug or a crash of the simulator away from the server and off its event loop.
+Programs come from an untrusted kernel: they are parsed, linted, drawn, exported and simulated
+only in sandboxed workers (sandbox/worker_launch.py, with the agent kernel's layers), so a
+parser bug, a loader that runs code, or a crash of the simulator reaches a process that holds
+nothing: no network, no keyring, no state, no workspace. The pool calls the functions of
+FUNCTIONS by name; they take and return JSON-able values and bytes.
 """
 
 from __future__ import annotations
 
 import io
 from typing import Any
+
+# QPY formats before 13 keep symbolic expressions as sympy text or symengine blobs; Qiskit up to
+# 1.4.1 read the text with sympy's eval-based parser, so a crafted file ran code in whoever
+# loaded it (CVE-2025-2000). 1.4.2 parses that text itself, but the old formats remain the
+# attack surface the CVE was about, and 13 (Qiskit's own expression encoding, the oldest that
+# Qiskit 2.x writes: qpy.QPY_COMPATIBILITY_VERSION) is all any kernel here produces.
+MIN_QPY_VERSION = 13
+QPY_MAGIC = b"QISKIT"
 
 # Built once per worker process: an AerSimulator's target (and a pass manager for it) costs
 # hundreds of milliseconds to make, and nothing to reuse.
@@ -66,10 +77,26 @@ def pass_manager(method: str = "automatic") -> Any:
     return _PASS_MANAGERS[method]
 
 
+def qpy_version(payload: bytes) -> int:
+    """The QPY format version in the file's header; ValueError if it is not QPY, or older than
+    MIN_QPY_VERSION (read before anything else of the file is)."""
+    if len(payload) < len(QPY_MAGIC) + 1 or not payload.startswith(QPY_MAGIC):
+        raise ValueError("not a QPY file (it does not start with the QISKIT header)")
+    version = payload[len(QPY_MAGIC)]
+    if version < MIN_QPY_VERSION:
+        raise ValueError(
+            f"QPY format version {version} is refused: versions before {MIN_QPY_VERSION} "
+            "encode expressions the way CVE-2025-2000 abused (sympy/symengine); dump the "
+            f"circuit again with Qiskit 1.3 or later (QPY {MIN_QPY_VERSION} and up)"
+        )
+    return version
+
+
 def load_circuit(program_format: str, payload: bytes) -> Any:
     if program_format == "qpy":
         from qiskit import qpy
 
+        qpy_version(payload)
         circuits = qpy.load(io.BytesIO(payload))
         if len(circuits) != 1:
             raise ValueError(f"a QPY program must hold exactly one circuit, not {len(circuits)}")
@@ -151,6 +178,8 @@ def inspect_program(
 ) -> dict[str, Any]:
     from qiskit.circuit import CONTROL_FLOW_OP_NAMES
 
+    from .spoofed_gates import spoofed_gates
+
     qc = load_circuit(program_format, payload)
     ops = {str(k): int(v) for k, v in qc.count_ops().items()}
     # Only control flow reads classical bits: skip the scan of plain circuits.
@@ -164,6 +193,7 @@ def inspect_program(
         "operations": ops,
         "clbits_read_before_written": clbits_read_before_written(qc) if conditional else [],
         "transpiled": transpiled_facts(qc, target),
+        "spoofed_gates": spoofed_gates(qc),
     }
 
 
@@ -237,7 +267,59 @@ def export_program(program_format: str, payload: bytes) -> dict[str, Any]:
     return out
 
 
-def draw_program(program_format: str, payload: bytes, width: int = 100) -> str:
-    """The circuit as Qiskit's text drawing, folded at `width` columns (shown to the approver)."""
+def for_target(target: str) -> tuple[Any, Any]:
+    """(backend, pass manager) of a lint target: "aer" or a snapshot name."""
+    if target == "aer":
+        return simulator(), pass_manager()
+    return snapshot(target), snapshot_pass_manager(target)
+
+
+def without_labels(qc: Any) -> Any:
+    """A copy where every operation is drawn by its name: a label is the program's caption
+    (an X labelled "H" is drawn as H), the name is what the backend runs."""
+    out = qc.copy_empty_like()
+    for inst in qc.data:
+        op = inst.operation
+        if getattr(op, "blocks", None):
+            op = op.replace_blocks([without_labels(b) for b in op.blocks])
+        if getattr(op, "label", None) is not None:
+            op = op.to_mutable()
+            op.label = None
+        out.append(inst.replace(operation=op))
+    return out
+
+
+def draw_program(
+    program_format: str, payload: bytes, target: str | None = None, width: int = 100
+) -> dict[str, Any]:
+    """Qiskit's text drawing (folded at `width` columns) of the circuit as it will run: as
+    transpiled for `target` ("aer" or a snapshot name, what lint and the provider transpile
+    to), in the backend's own gates, idle qubits left out; the program as sent when there is
+    no target (or it does not fit). {"drawing": text, "target": what it was transpiled for
+    (None: not transpiled), "why_not": why it was not (or None)}."""
     qc = load_circuit(program_format, payload)
-    return str(qc.draw(output="text", fold=width))
+    drawn, transpiled_for, why_not = qc, None, None
+    if target is not None:
+        backend, pm = for_target(target)
+        room = getattr(backend, "num_qubits", None)
+        if room is not None and qc.num_qubits > room:
+            why_not = f"{qc.num_qubits} qubits do not fit in {target}'s {room}"
+        else:
+            drawn, transpiled_for = pm.run(qc), target
+    else:
+        why_not = "the backend names no target to transpile to"
+    text = without_labels(drawn).draw(output="text", fold=width, idle_wires=transpiled_for is None)
+    return {"drawing": str(text), "target": transpiled_for, "why_not": why_not}
+
+
+FUNCTIONS = {
+    f.__name__: f
+    for f in (
+        inspect_program,
+        run_program,
+        export_program,
+        draw_program,
+        warm_up,
+        warm_snapshot,
+    )
+}

@@ -36,6 +36,8 @@ class ProgramFacts:
     operations: dict[str, int]
     clbits_read_before_written: list[int] = field(default_factory=list)
     transpiled: dict[str, Any] | None = None
+    # Gates that pass for a standard gate they are not (providers/spoofed_gates.py).
+    spoofed_gates: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,7 @@ class ProgramFacts:
             "operations": self.operations,
             "clbits_read_before_written": self.clbits_read_before_written,
             "transpiled": self.transpiled,
+            "spoofed_gates": self.spoofed_gates,
         }
 
 

@@ -79,9 +79,16 @@ export interface IDecision {
 
 /** What an approver reads beyond the job (GET jobs/{id}/review). */
 export interface IReview {
+  /** Text the kernel sent beside the program: its own description, never checked. */
   source?: string | null;
+  source_origin?: string;
+  source_verified?: boolean;
+  source_note?: string;
   format: string;
+  /** The circuit as it will run: transpiled for `drawing_target` (null: as sent). */
   drawing?: string | null;
+  drawing_target?: string | null;
+  drawing_note?: string | null;
   files: {
     path: string;
     change: { actor: string; diff?: { lines?: string[]; unavailable?: string } } | null;
@@ -124,7 +131,13 @@ export interface ILayer {
 export interface IKernelReport {
   kernel_id: string;
   connected: boolean;
-  sandbox: { ok?: boolean; active?: string[]; applied?: Record<string, ILayer> };
+  sandbox: {
+    ok?: boolean;
+    active?: string[];
+    applied?: Record<string, ILayer>;
+    /** Why the kernel's previous launch ended, when it died on its own (out of memory...). */
+    last_end?: { reason: string; at?: number } | null;
+  };
 }
 
 export const PENDING = 'pending_approval';

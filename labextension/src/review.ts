@@ -76,16 +76,35 @@ function reviewPart(review: IReview): HTMLElement {
       : `left today: ${money(b.left, b.currency)} of ${money(b.daily, b.currency)}`
   ];
   box.append(list(cost, 'jp-QGuard-budget'));
-  box.append(heading('Circuit'));
+  // The drawing is of the program the broker parsed, transpiled as it will run; the source
+  // is only what the kernel says the program is, and is labelled so.
+  box.append(
+    heading(
+      review.drawing_target
+        ? `Circuit as it will run (transpiled for ${review.drawing_target})`
+        : 'Circuit'
+    )
+  );
   box.append(
     element(
       'pre',
       'jp-QGuard-drawing',
-      review.drawing ?? 'No drawing (the program could not be drawn).'
+      review.drawing ?? `No drawing (${review.drawing_note ?? 'the program could not be drawn'}).`
     )
   );
+  if (review.drawing && !review.drawing_target && review.drawing_note) {
+    box.append(element('p', 'jp-QGuard-drawingNote', `Drawn as sent: ${review.drawing_note}.`));
+  }
   if (review.source) {
-    box.append(heading(`Source (${review.format})`));
+    box.append(heading(`Source (${review.format}): the kernel's own description, unverified`));
+    box.append(
+      element(
+        'p',
+        'jp-QGuard-sourceNote',
+        review.source_note ??
+          "The kernel's own description of the program, unverified: what runs is the program the drawing and the lint were made from."
+      )
+    );
     box.append(element('pre', 'jp-QGuard-source', review.source));
   }
   box.append(heading('Bound files'));

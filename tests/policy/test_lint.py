@@ -181,3 +181,111 @@ def test_an_unknown_snapshot_is_a_clear_error():
     with pytest.raises(ValueError) as info:
         inspect_program("qpy", qpy_bytes(qc), "fake_nowhere")
     assert str(info.value) == "no calibration snapshot named 'fake_nowhere' is installed"
+
+
+def _spoof_facts(*gates_and_qubits) -> list[str]:
+    qc = QuantumCircuit(3)
+    for gate, qubits in gates_and_qubits:
+        qc.append(gate, qubits)
+    qc.measure_all()
+    return inspect_program("qpy", qpy_bytes(qc))["spoofed_gates"]
+
+
+def _custom(name, num_qubits, body, label=None, params=()):
+    from qiskit.circuit import Gate
+
+    gate = Gate(name, num_qubits, list(params), label=label)
+    gate.definition = body
+    return gate
+
+
+def test_gates_that_pass_for_standard_ones_are_found_by_what_they_do():
+    from qiskit.circuit.library import HGate, RZGate, XGate
+
+    x_body = QuantumCircuit(1)
+    x_body.x(0)
+    h_body = QuantumCircuit(1)
+    h_body.h(0)
+    rx_body = QuantumCircuit(1)
+    rx_body.rx(0.3, 0)
+    rz_body = QuantumCircuit(1)
+    rz_body.rz(0.3, 0)
+    wide_body = QuantumCircuit(2)
+    wide_body.cx(0, 1)
+    # A harmless-looking gate that hides the spoof one level down.
+    outer_body = QuantumCircuit(2)
+    outer_body.append(_custom("h", 1, x_body), [1])
+    outer_body.cx(0, 1)
+    assert _spoof_facts(
+        (_custom("h", 1, x_body, label="H"), [0]),
+        (XGate(label="H"), [1]),
+        (_custom("rz", 1, rx_body, params=[0.3]), [0]),
+        (_custom("x", 2, wide_body), [0, 1]),
+        (_custom("oracle", 2, outer_body), [1, 2]),
+    ) == [
+        "gate 'h' (label 'H') is defined as X, not the standard h",
+        "gate 'x' (label 'H') is X, not the standard h",
+        "gate 'rz' is defined as a circuit of rx, not the standard rz",
+        "gate 'x' acts on 2 qubit(s), not the standard x, which acts on 1",
+        "gate 'h' is defined as X, not the standard h",
+    ]
+    # What they claim to be is what they are: nothing to say.
+    assert (
+        _spoof_facts(
+            (_custom("my_h", 1, h_body, label="H"), [0]),
+            (_custom("rz", 1, rz_body, params=[0.3]), [0]),
+            (HGate(label="H"), [1]),
+            (RZGate(0.3, label="Rz(0.3)"), [2]),
+            (_custom("prep", 1, x_body, label="Prep"), [2]),
+        )
+        == []
+    )
+    findings = lint(
+        {**inspect_program("qpy", qpy_bytes(QuantumCircuit(1, 1))), "spoofed_gates": ["why"]},
+        backend="aer_hw",
+        qubits=28,
+    )["findings"]
+    assert {"severity": "error", "code": "spoofed-gate", "message": "why"} in findings
+
+
+def test_a_spoof_inside_control_flow_is_found_and_the_drawing_shows_names_not_labels():
+    from qiskit.circuit.library import XGate
+
+    from jupyter_qguard.providers.aer_worker import draw_program
+
+    qc = QuantumCircuit(1, 1)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.append(XGate(label="H"), [0])
+    qc.measure(0, 0)
+    payload = qpy_bytes(qc)
+    assert inspect_program("qpy", payload)["spoofed_gates"] == [
+        "gate 'x' (label 'H') is X, not the standard h"
+    ]
+    plain = QuantumCircuit(1, 1)
+    plain.append(XGate(label="H"), [0])
+    plain.measure(0, 0)
+    drawn = draw_program("qpy", qpy_bytes(plain))
+    assert drawn["target"] is None and "┤ X ├" in drawn["drawing"] and "H" not in drawn["drawing"]
+
+
+def test_qpy_before_format_13_is_refused_before_it_is_read():
+    import qiskit
+
+    from jupyter_qguard.providers.aer_worker import MIN_QPY_VERSION, load_circuit
+
+    # The installed Qiskit has the CVE-2025-2000 fix and writes nothing older than 13.
+    major, minor, patch = (int(x) for x in qiskit.__version__.split(".")[:3])
+    assert (major, minor, patch) >= (1, 4, 2)
+    assert qpy.QPY_COMPATIBILITY_VERSION >= MIN_QPY_VERSION == 13
+    qc = QuantumCircuit(1, 1)
+    qc.measure(0, 0)
+    data = qpy_bytes(qc)
+    assert load_circuit("qpy", data).num_qubits == 1
+    for version in (3, 10, 12):
+        with pytest.raises(ValueError) as info:
+            load_circuit("qpy", data[:6] + bytes([version]) + data[7:])
+        assert str(info.value).startswith(f"QPY format version {version} is refused: ")
+    with pytest.raises(ValueError) as info:
+        load_circuit("qpy", b"PICKLE" + data[6:])
+    assert str(info.value) == "not a QPY file (it does not start with the QISKIT header)"

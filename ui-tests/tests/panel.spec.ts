@@ -24,6 +24,15 @@ test('a job is approved in the panel and the waiting cell prints the counts', as
   await expect(job.locator('.jp-QGuard-drawing')).toContainText('┤ H ├', {
     timeout: 10_000
   });
+  // The drawing is of the circuit as it will run; the source is the kernel's word, said so.
+  await expect(job.locator('.jp-QGuard-reviewHeading').filter({ hasText: 'Circuit' })).toHaveText(
+    'Circuit as it will run (transpiled for aer)'
+  );
+  await expect(job.locator('.jp-QGuard-reviewHeading').filter({ hasText: 'Source' })).toHaveText(
+    "Source (qpy): the kernel's own description, unverified"
+  );
+  await expect(job.locator('.jp-QGuard-sourceNote')).toContainText('unverified');
+  await expect(job.locator('.jp-QGuard-source')).toContainText('bell.cx(0, 1)');
   await expect(job.locator('.jp-QGuard-histogram tr[data-outcome="00"]')).toBeVisible();
   await expect(job.locator('.jp-QGuard-histogram tr[data-outcome="11"]')).toBeVisible();
   await expect(job.locator('.jp-QGuard-budget')).toContainText('this job: 0.00 USD');
