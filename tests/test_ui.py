@@ -131,7 +131,7 @@ def enroll_totp(keyring_file: Path) -> str:
     return uri.split("secret=", 1)[1].split("&", 1)[0]
 
 
-# Installing chromium on a fresh machine, then nine browser tests against one server.
+# Installing chromium on a fresh machine, then ten browser tests against one server.
 @pytest.mark.timeout(1500)
 def test_the_panel_in_a_real_browser(tmp_path):
     ensure_chromium()
@@ -151,6 +151,7 @@ def test_the_panel_in_a_real_browser(tmp_path):
     for name in ("approve", "deny", "dark", "voided"):
         notebook(server.root / f"{name}.ipynb", APPROVE_CELL)
     notebook(server.root / "stepup.ipynb", STEPUP_CELL)
+    notebook(server.root / "alerts.ipynb", 'open("conftest.py", "w").write("")\nprint("written")')
     notebook(server.root / "outputs.ipynb", SUBMIT_CELL, PAYLOADS_CELL)
     # The same payloads in an ordinary kernel: they run there, which shows the test can fail.
     notebook(server.root / "control.ipynb", PAYLOADS_CELL, kernel="python3")
@@ -186,6 +187,6 @@ def test_the_panel_in_a_real_browser(tmp_path):
     # The agent's token went over the wire in a header and a websocket URL: never into the log.
     assert agent.split("_")[-1] not in server.log_path.read_text()
     assert code == 0, report[-8000:]
-    assert "9 passed" in report, report[-3000:]
+    assert "10 passed" in report, report[-3000:]
     for theme in ("light", "dark"):
         assert (ARTIFACTS / f"panel-pending-{theme}.png").stat().st_size > 10_000

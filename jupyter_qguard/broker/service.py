@@ -683,6 +683,7 @@ class Broker:
                     "job": job["id"],
                     "requester": job["requester"],
                     "usage": policy_input["usage"],
+                    "message": next(d for d in deny if BURST_MARK in d),
                 }
             )
         updates = {"decision": record, "cost": policy_input["cost"]["estimate"]}

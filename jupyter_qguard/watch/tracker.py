@@ -388,6 +388,14 @@ class ChangeTracker:
                         "kind": "secrets",
                         "path": path,
                         "findings": [f.describe() for f in report.findings],
+                        # What the panel shows: the first finding, and how many there are.
+                        "message": "what looks like a secret is in the workspace, where agent "
+                        f"kernels can read it: {report.findings[0].describe()}"
+                        + (
+                            f" (and {len(report.findings) - 1} more)"
+                            if len(report.findings) > 1
+                            else ""
+                        ),
                     }
                 )
 

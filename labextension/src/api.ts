@@ -278,6 +278,19 @@ export class QGuardClient {
   }
 }
 
+/**
+ * Something the server raised for a person to see at once: an agent kernel writing a file the
+ * person's tools run, a kernel stopped at its write budget, a disk the audit log lives on
+ * filling, a possible secret in the workspace, a requester past the burst limit, ...
+ */
+export interface IAlert {
+  kind: string;
+  message: string;
+  /** "stop" when the server stopped something (a kernel) because of it. */
+  level?: string;
+  kernel?: string;
+}
+
 /** The event stream's connection, as the panel shows it. */
 export type ConnectionState = 'connecting' | 'open' | 'closed';
 
@@ -300,6 +313,11 @@ export class JobEvents implements IDisposable {
   /** A job changed (any state). */
   get jobChanged(): ISignal<this, IJob> {
     return this._jobChanged;
+  }
+
+  /** An alert the server raised (see IAlert). */
+  get alertRaised(): ISignal<this, IAlert> {
+    return this._alertRaised;
   }
 
   get stateChanged(): ISignal<this, ConnectionState> {
@@ -374,9 +392,11 @@ export class JobEvents implements IDisposable {
       return;
     }
     // "approval" is one approval recorded on a job that needs more. The stream also carries
-    // workspace changes, alerts and audit news, which are not this panel's business.
+    // workspace changes and audit news, which are not this panel's business.
     if (isJobEvent(event)) {
       this._jobChanged.emit(event.job);
+    } else if (isAlert(event)) {
+      this._alertRaised.emit(event);
     }
   }
 
@@ -394,6 +414,15 @@ export class JobEvents implements IDisposable {
   private _disposed = false;
   private _jobChanged = new Signal<this, IJob>(this);
   private _stateChanged = new Signal<this, ConnectionState>(this);
+  private _alertRaised = new Signal<this, IAlert>(this);
+}
+
+function isAlert(value: unknown): value is IAlert & { type: 'alert' } {
+  if (typeof value !== 'object' || value === null) {
+    return false;
+  }
+  const v = value as Record<string, unknown>;
+  return v.type === 'alert' && typeof v.kind === 'string' && typeof v.message === 'string';
 }
 
 function isJobEvent(value: unknown): value is { type: 'job' | 'approval'; job: IJob } {

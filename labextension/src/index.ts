@@ -76,6 +76,17 @@ const plugin: JupyterFrontEndPlugin<void> = {
     // Keeps the panel open (or not) across page reloads, like the file browser.
     restorer?.add(panel, panel.id);
 
+    // Alerts reach the person whatever is open: a toast, which stays until dismissed where
+    // the server stopped something (a kernel at its write budget, on a filling disk).
+    events.alertRaised.connect((_, alert) => {
+      const text = `qguard: ${alert.message}`;
+      if (alert.level === 'stop' || alert.level === 'full' || alert.kind === 'write_budget') {
+        Notification.error(text, { autoClose: false });
+      } else {
+        Notification.warning(text, { autoClose: 15000 });
+      }
+    });
+
     let notify = DEFAULTS.notifyOnRequest;
     panel.requested.connect((_, job) => {
       if (notify) {

@@ -148,6 +148,7 @@ async def test_a_burst_is_denied_and_raises_an_alert(start_kernel, jp_ws_fetch, 
         if event["type"] == "alert":
             alert = event
     assert alert["kind"] == "burst" and alert["usage"]["jobs_window"] == 4
+    assert "in the current window is far above" in alert["message"]
     rejected = await jobs(jp_fetch, "rejected")
     # jobs 1–3 fit under the floor of 3; the 4th and 5th are a burst (the count includes them)
     # a single kernel: its own count is the user's, so both limits say so

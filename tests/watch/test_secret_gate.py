@@ -67,6 +67,11 @@ async def test_warn_starts_the_kernel_and_raises_an_alert(
             break
     assert event["kind"] == "secrets"
     assert [f.split(": ")[-1] for f in event["findings"]] == ["AWS Access Key"]
+    # The panel's toast: one sentence, with where the finding is.
+    assert event["message"] == (
+        "what looks like a secret is in the workspace, where agent kernels can read it: "
+        + event["findings"][0]
+    )
     assert KEY[4:] not in json.dumps(event)
 
 
