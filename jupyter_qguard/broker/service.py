@@ -338,6 +338,8 @@ class Broker:
         channel = KernelChannel(self, kernel_id, sock, **self.channel_settings)
         self.kernels[kernel_id] = {**info, "channel": channel}
         self._spawn(channel.serve(), f"channel-{kernel_id}")
+        for provider in self.providers.values():
+            provider.prewarm()  # the program workers this kernel's first job will need
 
     def detach_kernel(self, kernel_id: str, *, forget: bool) -> None:
         info = self.kernels.get(kernel_id)

@@ -84,6 +84,12 @@ class AerProvider(Provider):
             raise ProviderError(str(exc)) from None
 
     async def start(self) -> None:
+        # Not here: each worker is a sandbox start and Qiskit's import (seconds of CPU), and
+        # most servers start long before a job (or never see one). The first agent kernel
+        # starts them (prewarm), in parallel with its own start; a call would too.
+        pass
+
+    def prewarm(self) -> None:
         self.pool().start()
 
     def warm_snapshots(self, names: set[str]) -> None:

@@ -89,6 +89,10 @@ class Provider(LoggingConfigurable, metaclass=_ProviderMeta):
     async def start(self) -> None:
         """Warm up (connections, worker processes). Called once when the broker starts."""
 
+    def prewarm(self) -> None:
+        """Start, in the background, what a first job will need: an agent kernel came (called
+        at each kernel launch). A server no kernel ever uses starts none of it."""
+
     async def stop(self) -> None:
         """Release what `start` took."""
 

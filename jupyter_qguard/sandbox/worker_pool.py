@@ -7,13 +7,14 @@ private directory, and one end of a socket pair as its only way to the server. A
 cannot be confined to the minimum says why and exits; nothing is then parsed at all (calls fail
 with that reason), never parsed unconfined.
 
-The pool keeps `size` workers started and warm (Qiskit and Aer imported, the pass managers and
-device snapshots built), so a submission never waits for a sandbox to start. A call holds one
-worker; a call past its time, or given up by its caller (asyncio.wait_for in the broker), kills
-its worker with SIGKILL (its whole process group: the supervisor and, with it, the worker's pid
-namespace) and a replacement starts at once. A worker that dies or answers with something that
-is not a frame is replaced the same way. What a worker answers is JSON, read with a size cap:
-after parsing an agent's program it is as untrusted as the program.
+Once started (`start`: the Aer provider does it when the first agent kernel comes; a call would
+too), the pool keeps `size` workers started and warm (Qiskit and Aer imported, the pass managers
+and device snapshots built), so a submission never waits for a sandbox to start. A call holds
+one worker; a call past its time, or given up by its caller (asyncio.wait_for in the broker),
+kills its worker with SIGKILL (its whole process group: the supervisor and, with it, the
+worker's pid namespace) and a replacement starts at once. A worker that dies or answers with
+something that is not a frame is replaced the same way. What a worker answers is JSON, read with
+a size cap: after parsing an agent's program it is as untrusted as the program.
 """
 
 from __future__ import annotations

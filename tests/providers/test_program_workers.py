@@ -282,9 +282,11 @@ async def test_a_worker_past_lint_timeout_is_killed_and_the_next_job_still_lints
     start_kernel, jp_fetch, broker
 ):
     pool = broker.providers["aer"].pool()
-    # Both workers warm (Qiskit, Aer, the Brisbane snapshot): what a server has soon after start.
-    await wait_for(lambda: len(pool.pids()["idle"]) == 2, timeout=180)
+    # None before an agent kernel comes (a server no kernel uses starts no sandbox) ...
+    assert pool.pids() == {"idle": [], "busy": []}
     k = await start_kernel()
+    # ... then both warm (Qiskit, Aer, the Brisbane snapshot), started as the kernel started.
+    await wait_for(lambda: len(pool.pids()["idle"]) == 2, timeout=180)
     assert (await k.run(SLOW + BELL))["error"] is None
     # Routing 20,000 CX over Brisbane takes far longer than 3 s (~30 s here).
     cell = asyncio.ensure_future(
