@@ -717,14 +717,20 @@ class QGuardApp(ExtensionApp):
         key = read_or_create_key(Path(self.state_dir) / "secret-fingerprint.key")
         secrets.set_fingerprint_key(key)
 
+    def _agent_kernel_managers(self) -> list[tuple[str, Any]]:
+        """(kernel id, kernel manager) of each agent kernel the server still runs."""
+        out = []
+        for kernel_id in list(self.broker.kernels):
+            try:
+                out.append((kernel_id, self.serverapp.kernel_manager.get_kernel(kernel_id)))
+            except KeyError:
+                continue
+        return out
+
     def _agent_activity(self) -> dict[str, tuple[str, float]]:
         """(execution state, last activity) of each agent kernel, as the server sees them."""
         out = {}
-        for kernel_id in list(self.broker.kernels):
-            try:
-                km = self.serverapp.kernel_manager.get_kernel(kernel_id)
-            except KeyError:
-                continue
+        for kernel_id, km in self._agent_kernel_managers():
             last = getattr(km, "last_activity", None)
             out[kernel_id] = (
                 str(getattr(km, "execution_state", "")),
@@ -736,11 +742,7 @@ class QGuardApp(ExtensionApp):
         """The host pid of each running agent kernel's top process (its tree is the kernel's
         processes: the change feed reads their write counters)."""
         out = {}
-        for kernel_id in list(self.broker.kernels):
-            try:
-                km = self.serverapp.kernel_manager.get_kernel(kernel_id)
-            except KeyError:
-                continue
+        for kernel_id, km in self._agent_kernel_managers():
             provisioner = getattr(km, "provisioner", None)
             pid = getattr(provisioner, "pid", None)
             if pid and getattr(provisioner, "process", None) is not None:
