@@ -506,6 +506,8 @@ class QGuardApp(ExtensionApp):
         }
         for provider in providers.values():
             provider.credentials = store
+            # Every provider reads an agent's program only in the aer provider's workers.
+            provider.programs = providers.get("aer")
         return providers
 
     def initialize_settings(self) -> None:

@@ -71,9 +71,11 @@ class AerProvider(Provider):
             self._pool.add_warm("warm_up")
         return self._pool
 
-    async def _call(self, fn: str, *args: Any, timeout: float | None = None) -> Any:
-        """WorkerTimedOut (a TimeoutError) past `timeout`; ProviderError when no worker
-        answered; WorkerFailed when the function raised in the worker."""
+    async def call(self, fn: str, *args: Any, timeout: float | None = None) -> Any:
+        """`fn` of the workers' table (worker_launch.functions) run in a program worker; every
+        provider's way to a program (Provider.programs). WorkerTimedOut (a TimeoutError) past
+        `timeout`; ProviderError when no worker answered; WorkerFailed when the function raised
+        in the worker."""
         try:
             return await self.pool().call(fn, *args, timeout=timeout)
         except WorkerTimedOut:
@@ -108,7 +110,7 @@ class AerProvider(Provider):
     ) -> ProgramFacts:
         """Parse the program and, given a target ("aer" or a snapshot name), transpile to it."""
         try:
-            answer = await self._call("inspect_program", program_format, payload, target)
+            answer = await self.call("inspect_program", program_format, payload, target)
         except WorkerFailed as exc:
             raise ProviderError(f"the program cannot be read as {program_format}: {exc}") from None
         return _facts(answer)
@@ -123,7 +125,7 @@ class AerProvider(Provider):
     ) -> dict[str, Any]:
         """{"drawing", "target", "why_not"}: the circuit as transpiled for `target` (as it will
         run), else as sent (aer_worker.draw_program)."""
-        answer = await self._call("draw_program", program_format, payload, target, timeout=timeout)
+        answer = await self.call("draw_program", program_format, payload, target, timeout=timeout)
         if (
             not isinstance(answer, dict)
             or not isinstance(answer.get("drawing"), str)
@@ -137,7 +139,7 @@ class AerProvider(Provider):
         self, program_format: str, payload: bytes, *, timeout: float | None = None
     ) -> dict[str, Any]:
         """{"qpy": bytes | None, "qasm3": str | None, "errors": {form: why}} (worker-parsed)."""
-        answer = await self._call("export_program", program_format, payload, timeout=timeout)
+        answer = await self.call("export_program", program_format, payload, timeout=timeout)
         if (
             not isinstance(answer, dict)
             or not isinstance(answer.get("qpy"), bytes | None)
@@ -149,7 +151,7 @@ class AerProvider(Provider):
 
     async def probe(self, plan: dict[str, Any]) -> dict[str, Any]:
         """What a program worker can reach (sandbox/worker_launch.confinement_probe)."""
-        return await self._call("confinement_probe", plan, timeout=60)
+        return await self.call("confinement_probe", plan, timeout=60)
 
     async def simulate(
         self,
@@ -162,14 +164,14 @@ class AerProvider(Provider):
     ) -> dict[str, Any]:
         """A local run for the preflight preview (not a job: nothing is recorded as submitted);
         `noise`: a snapshot name whose noise model to apply."""
-        return await self._call(
+        return await self.call(
             "run_program", program_format, payload, shots, seed, self.method, noise
         )
 
     async def submit(self, spec: RunSpec) -> str:
         provider_job_id = f"aer-{spec.job_id}"
         fut = asyncio.ensure_future(
-            self._call(
+            self.call(
                 "run_program",
                 spec.program_format,
                 spec.payload,

@@ -6,8 +6,10 @@ from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from traitlets import MetaHasTraits
+from traitlets import Float, MetaHasTraits
 from traitlets.config import LoggingConfigurable
+
+from ..sandbox.worker_pool import WorkerFailed, WorkerTimedOut
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,33 @@ class Provider(LoggingConfigurable, metaclass=_ProviderMeta):
     #: The server's `credentials.CredentialStore`, set by the app. Providers pass it to
     #: `credentials` functions and never read a secret themselves.
     credentials: Any = None
+
+    #: The broker's program workers (the aer provider: `AerProvider.call`), set by the app. An
+    #: agent's program is read only there (aer_worker.py says why), for every provider.
+    programs: Any = None
+
+    program_timeout = Float(
+        300.0,
+        config=True,
+        help="Seconds a program worker may take to prepare a program for this provider (read, "
+        "check, transpile or convert it; in local testing, simulate it) before it is killed.",
+    )
+
+    async def in_worker(self, fn: str, *args: Any) -> Any:
+        """`fn` of the program workers' table, run in one of them within `program_timeout`.
+        ProviderError when it raised there (with its one-line reason, which is as untrusted
+        as the program), took too long (its worker killed) or no worker answered. What it
+        returns is untrusted too: the caller checks its shape."""
+        if self.programs is None:
+            raise ProviderError("no program workers to read the program in (the aer provider's)")
+        try:
+            return await self.programs.call(fn, *args, timeout=self.program_timeout)
+        except WorkerFailed as exc:
+            raise ProviderError(f"the program could not be prepared: {exc}") from None
+        except WorkerTimedOut:
+            raise ProviderError(
+                f"the program could not be prepared within {self.program_timeout:g} s"
+            ) from None
 
     async def backends(self) -> list[dict[str, Any]]:
         """What the provider reports of its devices: name, num_qubits, calibration_id, ..."""

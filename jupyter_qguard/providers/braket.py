@@ -15,37 +15,49 @@ the task's tags, so the device's tasks are searched and matched here. When no ta
 key the job fails instead of being submitted again, so a task never runs twice on hardware that
 is paid for.
 
+The program is never read here. A program worker loads it, converts it with
+qiskit-braket-provider for the device (whose capabilities the server gets from AWS and hands
+over) and answers with plain data: the Braket OpenQASM 3 source, which the server submits as a
+`braket.ir.openqasm.Program`, and which classical bits it measures.
+
 Counts. Braket writes a bitstring's first character for the first measured bit; Qiskit's keys
 are little-endian (classical bit 0 rightmost). `to_braket` measures in classical-bit order, so
-position p of a Braket bitstring is the p-th measured classical bit; keys are rebuilt from
-that, in Qiskit's form (one character per classical bit, unmeasured bits 0, no spaces).
+position p of a Braket bitstring is the p-th measured classical bit (the worker says which they
+are); keys are rebuilt from that, in Qiskit's form (one character per classical bit, unmeasured
+bits 0, no spaces).
 
-`local_testing` runs the same conversion on the SDK's LocalSimulator ("braket_dm"), without a
-credential or the network.
+`local_testing` runs the same conversion, and the SDK's LocalSimulator ("braket_dm"), in a
+program worker, without a credential or the network.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import warnings
+import re
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from traitlets import Bool, Float, Unicode
 
 from .. import credentials
-from . import aer_worker
 from .base import Provider, ProviderError, RunSpec
+from .braket_worker import LOCAL_SIMULATOR
 
 IDEMPOTENCY_TAG = "qguard-idempotency-key"
-LOCAL_SIMULATOR = "braket_dm"
 INSTALL_HINT = (
     "the braket provider needs the optional packages amazon-braket-sdk and "
     "qiskit-braket-provider: pip install 'jupyter_qguard[braket]'"
 )
 # A task in any other state (CREATED, QUEUED, RUNNING, CANCELLING) may still change.
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED"}
+# Braket's own cap on a task's OpenQASM source is far below this.
+MAX_SOURCE_CHARS = 16 << 20
+BITS = re.compile(r"[01]+")
+NOT_A_PROGRAM = "the program worker answered with something that is not a Braket program"
+NOT_COUNTS = "the program worker answered with something that is not counts of this job's shots"
+NOT_A_LAYOUT = "the program worker answered with something that is not the circuit's measured bits"
 
 
 class BraketProvider(Provider):
@@ -84,8 +96,8 @@ class BraketProvider(Provider):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # Local-testing tasks by id: they live only in this process.
-        self._local: dict[str, Any] = {}
+        # Local-testing runs (their counts and layout) by id: they live only in this process.
+        self._local: dict[str, dict[str, Any]] = {}
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -123,38 +135,36 @@ class BraketProvider(Provider):
 
     # -- submission -------------------------------------------------------------------------
 
-    def _submit(self, spec: RunSpec) -> str:
-        circuit = aer_worker.load_circuit(spec.program_format, spec.payload)
-        if not measured_clbits(circuit):
-            # Braket would measure every qubit of a circuit without measurements, and Qiskit
-            # has no counts for one: refuse before anything is paid for.
-            raise ProviderError("the circuit measures nothing, so it would have no counts")
-        if self.local_testing:
-            return self._submit_local(spec, circuit)
-        return self._submit_aws(spec, circuit)
-
-    def _submit_local(self, spec: RunSpec, circuit: Any) -> str:
-        from braket.devices import LocalSimulator
-
-        device = LocalSimulator(LOCAL_SIMULATOR)
-        program = convert(circuit, device)
-        with warnings.catch_warnings():
-            # The density-matrix simulator is chosen on purpose (it takes noise, as hardware
-            # has); its advice to use the state-vector one for noise-free circuits is noise.
-            warnings.filterwarnings("ignore", "You are running a noise-free circuit")
-            task = device.run(program, shots=spec.shots)
-        task_id = str(task.id)
-        self._local[task_id] = task
+    async def _submit_local(self, spec: RunSpec) -> str:
+        answer = await self.in_worker(
+            "braket_local_run", spec.program_format, spec.payload, spec.shots
+        )
+        run = local_run(answer, spec.shots)
+        # The run is over (the worker ran LocalSimulator to the end): its counts wait here.
+        task_id = str(uuid.uuid4())
+        self._local[task_id] = run
         return task_id
 
-    def _submit_aws(self, spec: RunSpec, circuit: Any) -> str:
-        from botocore.exceptions import HTTPClientError
-        from braket.aws import AwsQuantumTask, AwsSession
-
+    async def _submit_aws(self, spec: RunSpec) -> str:
         arn = self._device_arn(spec)
         bucket, prefix = self._destination(spec)
-        device = self._device(arn)
-        program = convert(circuit, device)
+        device = await asyncio.to_thread(self._device, arn)
+        program = braket_program(
+            await self.in_worker(
+                "braket_program", spec.program_format, spec.payload, describe(device)
+            )
+        )
+        destination = (arn, bucket, prefix)
+        return await asyncio.to_thread(self._create, spec, device, destination, program["source"])
+
+    def _create(
+        self, spec: RunSpec, device: Any, destination: tuple[str, str, str], source: str
+    ) -> str:
+        from botocore.exceptions import HTTPClientError
+        from braket.aws import AwsQuantumTask, AwsSession
+        from braket.ir.openqasm import Program
+
+        arn, bucket, prefix = destination
         session = device.aws_session
         session.braket_client.meta.events.register(
             "provide-client-params.braket.CreateQuantumTask",
@@ -164,7 +174,7 @@ class BraketProvider(Provider):
             task = AwsQuantumTask.create(
                 session,
                 arn,
-                program,
+                Program(source=source),
                 AwsSession.S3DestinationFolder(bucket, prefix),
                 spec.shots,
                 tags={IDEMPOTENCY_TAG: spec.idempotency_key},
@@ -186,7 +196,9 @@ class BraketProvider(Provider):
 
     async def submit(self, spec: RunSpec) -> str:
         try:
-            return await asyncio.to_thread(self._submit, spec)
+            if self.local_testing:
+                return await self._submit_local(spec)
+            return await self._submit_aws(spec)
         except Exception as exc:
             raise _provider_error("the Braket task could not be submitted", exc) from None
 
@@ -195,7 +207,7 @@ class BraketProvider(Provider):
     async def result(self, spec: RunSpec, provider_job_id: str) -> dict[str, Any]:
         try:
             if self.local_testing:
-                return await asyncio.to_thread(self._local_result, spec, provider_job_id)
+                return self._local_result(spec, provider_job_id)
             return await self._aws_result(spec, provider_job_id)
         except Exception as exc:
             what = (
@@ -207,10 +219,10 @@ class BraketProvider(Provider):
             raise _provider_error(what, exc) from None
 
     def _local_result(self, spec: RunSpec, task_id: str) -> dict[str, Any]:
-        task = self._local.pop(task_id, None)
-        if task is None:
+        run = self._local.pop(task_id, None)
+        if run is None:
             raise ProviderError(f"local testing task {task_id} is gone with its process")
-        return self._finished(spec, task_id, task.result())
+        return self._finished(spec, task_id, run["measurement_counts"], run)
 
     async def _aws_result(self, spec: RunSpec, task_arn: str) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -241,19 +253,24 @@ class BraketProvider(Provider):
         if status == "CANCELLED":
             raise ProviderError(f"the Braket task {task_arn} was cancelled")
         result = await asyncio.to_thread(task.result)
-        return self._finished(spec, task_arn, result)
+        # Which bits the counts are of, from the program: read again in a worker (nothing of
+        # the submission outlives a restart but the task's ARN).
+        bits = layout(
+            await self.in_worker("braket_layout", spec.program_format, spec.payload),
+            NOT_A_LAYOUT,
+        )
+        return self._finished(spec, task_arn, result.measurement_counts, bits)
 
     def _aws_task(self, task_arn: str) -> Any:
         from braket.aws import AwsQuantumTask
 
         return AwsQuantumTask(task_arn, aws_session=self._session(task_arn), quiet=True)
 
-    def _finished(self, spec: RunSpec, task_id: str, result: Any) -> dict[str, Any]:
-        circuit = aer_worker.load_circuit(spec.program_format, spec.payload)
+    def _finished(
+        self, spec: RunSpec, task_id: str, counts: Mapping[str, int], bits: dict[str, Any]
+    ) -> dict[str, Any]:
         return {
-            "counts": qiskit_counts(
-                result.measurement_counts, circuit.num_clbits, measured_clbits(circuit)
-            ),
+            "counts": qiskit_counts(counts, bits["num_clbits"], bits["measured_clbits"]),
             "shots": spec.shots,
             # Braket's devices and its local simulator take no seed: the counts are not
             # reproducible, and saying a seed was used would claim they were.
@@ -292,40 +309,73 @@ class BraketProvider(Provider):
 # -- helpers (module level: tests and the broker's tools use them without a provider) --------
 
 
-def convert(circuit: Any, device: Any) -> Any:
-    """The Qiskit circuit as a Braket circuit for `device` (an AwsDevice or LocalSimulator).
-
-    Simulators: compiled by Qiskit to the device's target. QPUs: translated to the gates the
-    device accepts and left to Braket's own compiler (qubit placement, native gates), as
-    qiskit-braket-provider's backend does unless asked for native, verbatim circuits.
-    """
+def describe(device: Any) -> dict[str, Any]:
+    """What converting a circuit for `device` (an AwsDevice: AWS's word, trusted) needs, as
+    braket_worker.braket_program takes it."""
+    from braket.aws import AwsDeviceType
     from braket.device_schema import DeviceActionType
-    from qiskit_braket_provider import to_braket
-    from qiskit_braket_provider.providers.target import gateset_from_properties
 
-    properties = device.properties
-    action = properties.action.get(DeviceActionType.OPENQASM)
-    if action is None:
+    if device.properties.action.get(DeviceActionType.OPENQASM) is None:
         raise ProviderError(f"{device.name} does not run gate-model circuits (OpenQASM)")
-    with warnings.catch_warnings():
-        # A barrier only orders the transpiler's work; Braket has its own compiler after ours.
-        warnings.filterwarnings("ignore", "Barrier is not included in the current Target")
-        # AwsDeviceType is a str enum; a LocalSimulator has no type and is a simulator.
-        if getattr(device, "type", None) == "QPU":
-            return to_braket(circuit, basis_gates=gateset_from_properties(action))
-        return to_braket(circuit, braket_device=device, seed_transpiler=0)
+    return {
+        "name": str(device.name),
+        "qpu": device.type == AwsDeviceType.QPU,
+        "capabilities": device.properties.json(),
+    }
 
 
-def measured_clbits(circuit: Any) -> list[int]:
-    """Indices of the classical bits the circuit measures into, ascending: the order in which
-    `to_braket` measures them, hence the order of Braket's bitstrings."""
-    return sorted(
-        {
-            circuit.find_bit(inst.clbits[0]).index
-            for inst in circuit.data
-            if inst.operation.name == "measure"
-        }
-    )
+def layout(answer: Any, message: str) -> dict[str, Any]:
+    """{"num_clbits", "measured_clbits"} of a worker's answer, checked (ProviderError(message)
+    otherwise): measured bits distinct, ascending, among the circuit's."""
+    num = answer.get("num_clbits") if isinstance(answer, dict) else None
+    clbits = answer.get("measured_clbits") if isinstance(answer, dict) else None
+    if (
+        type(num) is not int
+        or not isinstance(clbits, list)
+        or not clbits
+        or not all(type(c) is int for c in clbits)
+        or clbits != sorted(set(clbits))
+        or clbits[0] < 0
+        or clbits[-1] >= num
+    ):
+        raise ProviderError(message)
+    return {"num_clbits": num, "measured_clbits": list(clbits)}
+
+
+def braket_program(answer: Any) -> dict[str, Any]:
+    """A worker's braket_program answer, checked: an OpenQASM 3 source and its layout."""
+    source = answer.get("source") if isinstance(answer, dict) else None
+    if (
+        not isinstance(answer, dict)
+        or set(answer) != {"source", "num_clbits", "measured_clbits"}
+        or not isinstance(source, str)
+        or not 0 < len(source) <= MAX_SOURCE_CHARS
+        or not source.startswith("OPENQASM 3")
+    ):
+        raise ProviderError(NOT_A_PROGRAM)
+    return {"source": source, **layout(answer, NOT_A_PROGRAM)}
+
+
+def local_run(answer: Any, shots: int) -> dict[str, Any]:
+    """A worker's braket_local_run answer, checked: Braket's counts (one character per measured
+    bit, positive ints adding up to the shots) and their layout."""
+    if not isinstance(answer, dict) or set(answer) != {
+        "measurement_counts",
+        "num_clbits",
+        "measured_clbits",
+    }:
+        raise ProviderError(NOT_COUNTS)
+    bits = layout(answer, NOT_COUNTS)
+    counts = answer["measurement_counts"]
+    width = len(bits["measured_clbits"])
+    if (
+        not isinstance(counts, dict)
+        or not all(isinstance(k, str) and len(k) == width and BITS.fullmatch(k) for k in counts)
+        or not all(type(v) is int and v > 0 for v in counts.values())
+        or sum(counts.values()) != shots
+    ):
+        raise ProviderError(NOT_COUNTS)
+    return {"measurement_counts": dict(counts), **bits}
 
 
 def qiskit_counts(

@@ -83,9 +83,14 @@ def confinement_probe(plan: dict[str, Any]) -> dict[str, Any]:
 
 def functions() -> dict[str, Any]:
     """What the pool may ask for, by name: nothing else is callable from the channel."""
-    from ..providers import aer_worker
+    from ..providers import aer_worker, braket_worker, ibm_worker
 
-    return {**aer_worker.FUNCTIONS, "confinement_probe": confinement_probe}
+    return {
+        **aer_worker.FUNCTIONS,
+        **ibm_worker.FUNCTIONS,
+        **braket_worker.FUNCTIONS,
+        "confinement_probe": confinement_probe,
+    }
 
 
 def _one_line(text: str, limit: int = 2000) -> str:

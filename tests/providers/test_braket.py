@@ -4,11 +4,14 @@ local_testing runs through the real Braket SDK (LocalSimulator "braket_dm") and 
 qiskit-braket-provider conversion. Amazon Braket itself cannot be reached here: the AWS path
 runs through real AwsSession / boto3 clients built by `credentials.braket_session` from the
 keyring, with botocore's own Stubber on those clients (it checks each request against the
-service model and the expected parameters, then answers in place of AWS).
+service model and the expected parameters, then answers in place of AWS). The program is read
+only in real, sandboxed program workers (conftest.py), never in this process, which stands for
+the server.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import io
 import json
@@ -28,12 +31,14 @@ except ImportError:
 
 from botocore.exceptions import ReadTimeoutError
 from botocore.response import StreamingBody
-from botocore.stub import ANY, Stubber
+from botocore.stub import Stubber
+from braket.circuits.serialization import IRType
 from braket.devices import LocalSimulator
 from braket.ir.openqasm import Program
 from braket.task_result import AdditionalMetadata, GateModelTaskResult, TaskMetadata
 from qiskit import QuantumCircuit, qpy
 from qiskit_aer import AerSimulator
+from qiskit_braket_provider import to_braket
 
 from jupyter_qguard import credentials
 from jupyter_qguard.providers import braket as braket_provider
@@ -45,6 +50,11 @@ SECRET_KEY = "qguard/test+Secret=Key0123456789abcdef"
 SESSION_TOKEN = "FwoGZXIvYXdzEQGUARDTESTSESSIONTOKEN"
 IDEMPOTENCY_KEY = "0f3c9a7e5b2d4c18a6e0b9d7f1c3e5a2"
 SV1 = "arn:aws:braket:::device/quantum-simulator/amazon/sv1"
+QPY_12_REFUSED = (
+    "the program could not be prepared: QPY format version 12 is refused: versions before 13 "
+    "encode expressions the way CVE-2025-2000 abused (sympy/symengine); dump the circuit again "
+    "with Qiskit 1.3 or later (QPY 13 and up)"
+)
 BUCKET = "amazon-braket-qguard-test"
 TASK = "arn:aws:braket:us-east-1:123456789012:quantum-task/6a1d3f0e-8c2b-4e5a-9f7d-1b3c5e7a9d0f"
 OTHER_TASK = "arn:aws:braket:us-east-1:123456789012:quantum-task/11111111-2222-3333-4444-5555"
@@ -115,6 +125,12 @@ def spec(qc: QuantumCircuit, shots: int = 100, **options: Any) -> RunSpec:
     )
 
 
+def qpy_12(qc: QuantumCircuit) -> bytes:
+    """A header of QPY format 12 (CVE-2025-2000's formats): refused before it is read."""
+    data = qpy_bytes(qc)
+    return data[:6] + bytes([12]) + data[7:]
+
+
 def aer_counts(qc: QuantumCircuit, shots: int) -> dict[str, int]:
     return dict(AerSimulator().run(qc, shots=shots, seed_simulator=1).result().get_counts())
 
@@ -122,9 +138,10 @@ def aer_counts(qc: QuantumCircuit, shots: int) -> dict[str, int]:
 # --- local testing: the real SDK, no credential, no network ----------------------------------
 
 
-async def test_local_x_on_qubit_0_gives_qiskits_key(store):
+async def test_local_x_on_qubit_0_gives_qiskits_key(store, programs):
     provider = BraketProvider(local_testing=True)
     provider.credentials = store  # empty: local testing needs no credential
+    provider.programs = programs
     run = spec(x_on_qubit_0(), shots=300)
     job_id = await provider.submit(run)
     result = await provider.result(run, job_id)
@@ -137,13 +154,14 @@ async def test_local_x_on_qubit_0_gives_qiskits_key(store):
     assert result["counts"] == aer_counts(x_on_qubit_0(), 300)
 
 
-async def test_local_bell_only_00_and_11(store):
+async def test_local_bell_only_00_and_11(store, programs):
     qc = QuantumCircuit(2)
     qc.h(0)
     qc.cx(0, 1)
     qc.measure_all()
     provider = BraketProvider(local_testing=True)
     provider.credentials = store
+    provider.programs = programs
     run = spec(qc, shots=500)
     result = await provider.result(run, await provider.submit(run))
     assert set(result["counts"]) <= {"00", "11"}
@@ -151,7 +169,7 @@ async def test_local_bell_only_00_and_11(store):
     assert min(result["counts"].values()) > 150  # both outcomes, near half each
 
 
-async def test_local_permuted_and_partial_measurements_match_qiskit(store):
+async def test_local_permuted_and_partial_measurements_match_qiskit(store, programs):
     # q0 -> c2, q1 -> c0, q2 -> c1: Braket measures in classical-bit order (q1, q2, q0).
     permuted = QuantumCircuit(3, 3)
     permuted.x(0)
@@ -165,15 +183,17 @@ async def test_local_permuted_and_partial_measurements_match_qiskit(store):
     partial.measure(1, 2)
     provider = BraketProvider(local_testing=True)
     provider.credentials = store
+    provider.programs = programs
     for qc, expected in ((permuted, "110"), (partial, "0100")):
         run = spec(qc, shots=50)
         result = await provider.result(run, await provider.submit(run))
         assert result["counts"] == {expected: 50} == aer_counts(qc, 50)
 
 
-async def test_local_recover_runs_again_only_what_never_left_the_machine(store):
+async def test_local_recover_runs_again_only_what_never_left_the_machine(store, programs):
     provider = BraketProvider(local_testing=True)
     provider.credentials = store
+    provider.programs = programs
     run = spec(x_on_qubit_0(), shots=20)
     job_id = await provider.submit(run)
     kept = await provider.recover(run, job_id)
@@ -184,13 +204,19 @@ async def test_local_recover_runs_again_only_what_never_left_the_machine(store):
         await provider.result(run, job_id)
 
 
-async def test_a_circuit_measuring_nothing_is_refused(store):
+async def test_a_circuit_measuring_nothing_is_refused(store, programs):
     qc = QuantumCircuit(2)
     qc.h(0)
     provider = BraketProvider(local_testing=True)
     provider.credentials = store
-    with pytest.raises(ProviderError, match="measures nothing"):
+    provider.programs = programs
+    with pytest.raises(ProviderError) as info:
         await provider.submit(spec(qc))
+    assert str(info.value) == (
+        "the program could not be prepared: the circuit measures nothing, so it would have no "
+        "counts"
+    )
+    assert programs.calls == ["braket_local_run"]
 
 
 def test_qiskit_counts_reverses_braket_order_per_measured_bit():
@@ -301,7 +327,16 @@ def sv1_device(stub: Stubber) -> None:
     )
 
 
+def sv1_program(qc: QuantumCircuit) -> str:
+    """The OpenQASM 3 that qiskit-braket-provider makes of `qc` for SV1 (whose capabilities
+    sv1_device serves): what the worker must answer, and the server send."""
+    converted = to_braket(qc, braket_device=LocalSimulator("braket_sv"), seed_transpiler=0)
+    return converted.to_ir(IRType.OPENQASM).source
+
+
 def create_call() -> dict[str, Any]:
+    """CreateQuantumTask as AwsQuantumTask.create makes it of an OpenQASM program (no
+    deviceParameters: those it builds only for a Circuit)."""
     return {
         "clientToken": IDEMPOTENCY_KEY,
         "tags": {TAG: IDEMPOTENCY_KEY},
@@ -309,8 +344,7 @@ def create_call() -> dict[str, Any]:
         "shots": 100,
         "outputS3Bucket": BUCKET,
         "outputS3KeyPrefix": "qguard/results",
-        "action": ANY,
-        "deviceParameters": ANY,
+        "action": Program(source=sv1_program(x_on_qubit_0())).json(),
     }
 
 
@@ -370,13 +404,16 @@ def search(stub: Stubber, pages: list[list[tuple[str, str]]]) -> None:
         stub.add_response("search_quantum_tasks", response, expected)
 
 
-def provider_for(store: credentials.CredentialStore) -> BraketProvider:
+def provider_for(store: credentials.CredentialStore, programs: Any = None) -> BraketProvider:
     provider = BraketProvider(s3_bucket=BUCKET, s3_prefix="/qguard/results/", poll_interval=0.01)
     provider.credentials = store
+    provider.programs = programs
     return provider
 
 
-async def test_the_create_call_carries_the_idempotency_key_and_results_come_back(aws, aws_store):
+async def test_the_create_call_carries_the_idempotency_key_and_results_come_back(
+    aws, aws_store, programs, nothing_parsed_here
+):
     """The Stubber checks the CreateQuantumTask parameters before botocore would fill in a random
     clientToken, so this fails unless the broker's key is the clientToken and the tag."""
 
@@ -392,10 +429,12 @@ async def test_the_create_call_carries_the_idempotency_key_and_results_come_back
         get_task(braket_stub, "COMPLETED")  # the SDK reads the state once more
 
     aws["plans"] += [submission, following]
-    provider = provider_for(aws_store)
+    provider = provider_for(aws_store, programs)
     run = spec(x_on_qubit_0(), device_arn=SV1)
     assert await provider.submit(run) == TASK
     result = await provider.result(run, TASK)
+    # Converted and read in workers: at submission, then for the result's bits.
+    assert programs.calls == ["braket_program", "braket_layout"]
     assert result == {
         "counts": {"001": 100},
         "shots": 100,
@@ -446,7 +485,7 @@ async def test_recover_without_a_tagged_task_fails_and_never_resubmits(aws, aws_
         stubber.assert_no_pending_responses()
 
 
-async def test_a_create_whose_answer_was_lost_is_found_by_its_tag(aws, aws_store):
+async def test_a_create_whose_answer_was_lost_is_found_by_its_tag(aws, aws_store, programs):
     def submission(braket_stub: Stubber, s3_stub: Stubber) -> None:
         sv1_device(braket_stub)
         # AWS creates the task; its answer never arrives.
@@ -460,7 +499,7 @@ async def test_a_create_whose_answer_was_lost_is_found_by_its_tag(aws, aws_store
         raise ReadTimeoutError(endpoint_url="https://braket.us-east-1.amazonaws.com/quantum-task")
 
     aws["plans"].append(submission)
-    provider = provider_for(aws_store)
+    provider = provider_for(aws_store, programs)
     assert await provider.submit(spec(x_on_qubit_0(), device_arn=SV1)) == TASK
     for stubber in aws["stubbers"]:
         stubber.assert_no_pending_responses()
@@ -486,3 +525,80 @@ async def test_polling_rebuilds_the_session_once_when_the_token_expired(aws, aws
     assert len(aws["regions"]) == 2
     for stubber in aws["stubbers"]:
         stubber.assert_no_pending_responses()
+
+
+async def test_a_refused_program_fails_in_the_worker_and_no_task_is_created(
+    aws, aws_store, store, programs, nothing_parsed_here
+):
+    def submission(braket_stub: Stubber, s3_stub: Stubber) -> None:
+        # GetDevice only: a CreateQuantumTask would find no answer and fail this test.
+        sv1_device(braket_stub)
+
+    aws["plans"].append(submission)
+    run = dataclasses.replace(spec(x_on_qubit_0(), device_arn=SV1), payload=qpy_12(x_on_qubit_0()))
+    with pytest.raises(ProviderError) as info:
+        await provider_for(aws_store, programs).submit(run)
+    assert str(info.value) == QPY_12_REFUSED
+    assert programs.calls == ["braket_program"]
+    for stubber in aws["stubbers"]:
+        stubber.assert_no_pending_responses()
+    local = BraketProvider(local_testing=True)
+    local.credentials = store
+    local.programs = programs
+    with pytest.raises(ProviderError) as info:
+        await local.submit(run)
+    assert str(info.value) == QPY_12_REFUSED
+    assert programs.calls == ["braket_program", "braket_local_run"]
+
+
+NOT_A_PROGRAM = "the program worker answered with something that is not a Braket program"
+NOT_COUNTS = "the program worker answered with something that is not counts of this job's shots"
+
+
+def test_the_workers_program_is_shape_checked():
+    good = {"source": "OPENQASM 3.0;\nbit[2] b;", "num_clbits": 3, "measured_clbits": [0, 2]}
+    assert braket_provider.braket_program(good) == good
+    for bad in (
+        None,
+        [good],
+        {**good, "extra": 1},
+        {k: v for k, v in good.items() if k != "source"},
+        {**good, "source": b"OPENQASM 3.0;"},
+        {**good, "source": ""},
+        {**good, "source": "OPENQASM 2.0;"},
+        {**good, "source": "OPENQASM 3.0;" + " " * braket_provider.MAX_SOURCE_CHARS},
+        {**good, "num_clbits": "3"},
+        {**good, "num_clbits": True},
+        {**good, "measured_clbits": []},
+        {**good, "measured_clbits": [2, 0]},
+        {**good, "measured_clbits": [0, 0, 2]},
+        {**good, "measured_clbits": [-1, 2]},
+        {**good, "measured_clbits": [0, 3]},  # beyond the circuit's bits
+        {**good, "measured_clbits": [0, 2.0]},
+        {**good, "measured_clbits": [False, 2]},
+    ):
+        with pytest.raises(ProviderError) as info:
+            braket_provider.braket_program(bad)
+        assert str(info.value) == NOT_A_PROGRAM
+
+
+def test_the_workers_local_run_is_shape_checked():
+    good = {"measurement_counts": {"10": 7, "01": 3}, "num_clbits": 4, "measured_clbits": [1, 3]}
+    assert braket_provider.local_run(good, 10) == good
+    for bad in (
+        None,
+        {**good, "extra": 1},
+        {**good, "measured_clbits": [3, 1]},
+        {**good, "measurement_counts": {"10": 7, "01": 2}},  # not this job's shots
+        {**good, "measurement_counts": {"100": 7, "01": 3}},  # not one bit per measured bit
+        {**good, "measurement_counts": {"1x": 7, "01": 3}},
+        {**good, "measurement_counts": {"10": 7.0, "01": 3}},
+        {**good, "measurement_counts": {"10": 11, "01": -1}},
+        {**good, "measurement_counts": [["10", 10]]},
+    ):
+        with pytest.raises(ProviderError) as info:
+            braket_provider.local_run(bad, 10)
+        assert str(info.value) == NOT_COUNTS
+    with pytest.raises(ProviderError) as info:
+        braket_provider.layout({"num_clbits": 1, "measured_clbits": [1]}, "not bits")
+    assert str(info.value) == "not bits"
