@@ -35,7 +35,7 @@ test: $(BIN)/python
 	$(MAKE) --no-print-directory -j2 env mcp-venv
 	$(LINT)
 	@if [ "$$(id -u)" = 0 ]; then bash tests/setup-unprivileged.sh; fi
-	$(BIN)/python -m pytest -q -ra --durations=20
+	$(BIN)/python -m pytest -q -ra --durations=30 -n 2 --dist loadgroup
 
 mcp-venv: $(BIN)/python
 	$(BIN)/python tests/support/mcp_client.py

@@ -26,6 +26,24 @@ TEST_POLICY_DATA = {
 }
 
 
+# `make test` runs the suite in two xdist workers (--dist loadgroup): much of a test's time is
+# spent waiting on kernels, servers and browsers, and a second worker fills it (the suite took
+# ~35 min in one process on 2 cores). Each test file goes to one worker whole, so its
+# module-scoped worlds start once; files that share a session-scoped world are one group.
+SHARED_WORLDS = {
+    # both read the escape suite's probe results (escape/conftest.py: escape_results)
+    "test_escape.py": "escape-probes",
+    "test_kernel_workspace.py": "escape-probes",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = SHARED_WORLDS.get(item.path.name, item.nodeid.split("::")[0])
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture
 def qguard_config(request: pytest.FixtureRequest) -> dict[str, Any]:
     """Overrides of QGuardApp settings: parametrize it (indirect=True) to change them."""

@@ -242,9 +242,11 @@ def test_a_home_workspace_hides_the_persons_secrets(mode: str) -> None:
 
 ECHO = "import sys; d = sys.stdin.buffer.read(); sys.stdout.buffer.write(d[::-1]); sys.exit(7)"
 SIGNALS = """
-import signal, sys, time
+import os, signal, sys, time
 def got(n, _f):
-    print("got", n, flush=True)
+    # os.write, not print: a handler's print inside the main code's print raises "reentrant
+    # call" (a signal can come while "ready" is still being flushed).
+    os.write(1, f"got {n}\\n".encode())
     if n == signal.SIGTERM:
         sys.exit(0)
 for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
