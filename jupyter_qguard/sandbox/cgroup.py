@@ -329,13 +329,26 @@ class KernelCgroup:
     def from_spec(cls, data: dict[str, Any]) -> KernelCgroup:
         return cls(version=int(data["version"]), dirs=dict(data["dirs"]), limits=data["limits"])
 
+    # In the server, right after the launcher's process was started (provisioner.py).
+    def adopt(self, pid: int) -> None:
+        """Move the launcher in from outside, while its interpreter is still starting. A
+        process's move into a cgroup waits for an RCU grace period (the cgroup core's
+        threadgroup lock: 13-35 ms on a small VM, a fifth of the sandbox's cost at kernel
+        start); made here, the wait overlaps the interpreter's start instead of coming after
+        it. The launcher checks, and moves itself where this came late or failed."""
+        for d in dict.fromkeys(self.dirs.values()):
+            _write(os.path.join(d, "cgroup.procs"), str(pid))
+
     # In the launcher, with the server's privilege, before namespaces and the uid drop.
     def join(self) -> dict[str, Any]:
-        """Move this process in (its children follow) and say what is in force, as read
-        back from the cgroup's own files."""
-        for d in dict.fromkeys(self.dirs.values()):
-            _write(os.path.join(d, "cgroup.procs"), str(os.getpid()))
+        """Move this process in where the server has not already (its children follow) and
+        say what is in force, as read back from the cgroup's own files."""
         own = _own()
+        for c, d in self.dirs.items():
+            key = "" if self.version == 2 else c
+            if not d.endswith(own.get(key, "\0")):
+                _write(os.path.join(d, "cgroup.procs"), str(os.getpid()))
+                own = _own()
         for c, d in self.dirs.items():
             key = "" if self.version == 2 else c
             if not d.endswith(own.get(key, "\0")):

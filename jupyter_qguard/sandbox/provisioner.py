@@ -264,6 +264,11 @@ class QGuardProvisioner(LocalProvisioner):  # type: ignore[misc]
         # Where the kernel works, not where its interpreter started ("/"): what
         # resolve_path() takes relative paths against.
         self.cwd = self._workdir
+        if self._cgroup is not None and self.pid:
+            try:
+                await asyncio.to_thread(self._cgroup.adopt, self.pid)
+            except OSError as exc:  # the launcher moves itself (and fails closed if it cannot)
+                self.log.debug("qguard: kernel %s joins its cgroup itself: %s", self.kernel_id, exc)
         if self._cgroup is not None:
             self._oom_watch = asyncio.ensure_future(self._end_at_oom(self._cgroup))
         return info
