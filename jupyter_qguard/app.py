@@ -272,8 +272,8 @@ class QGuardApp(ExtensionApp):
         "(bytes; swap none), pids_max (tasks: processes and threads), cpus (a cap in cores, "
         "may be fractional), cpu_weight (1-10000, 100 being every other cgroup's); 0 leaves "
         "one unlimited. Default: half the machine's memory, 512 tasks, no cap on cores and a "
-        "weight of 25, so that the server's threads outweigh the kernel's four to one when "
-        "both want the CPU and a compute-bound cell loses nothing otherwise. Where this "
+        "weight of 100, so that all of the kernel's processes together get one share when the "
+        "server wants the CPU too, and a compute-bound cell loses nothing otherwise. Where this "
         "machine gives no cgroup (`jupyter qguard doctor` says why), only kernel_rlimits "
         "apply, each process alone.",
     ).tag(config=True)

@@ -41,7 +41,12 @@ NODE_PREFIX = "qguard-"
 CPU_PERIOD = 100_000
 # cgroup v2's cpu.weight scale (1..10000, 100 the default of every other cgroup); v1's
 # cpu.shares is the same ratio on a scale whose default is 1024.
-DEFAULT_CPU_WEIGHT = 25
+# The default gives the kernel's processes together the weight of one other cgroup: however
+# many they are (a pool of 64, a fork bomb), they get one cgroup's share. Not less: the server
+# works for the kernel as it writes (the watcher hashes and records every file), and at 25 that
+# work outweighed the kernel four to one, so 10,000 small writes took 1.25x a plain kernel's
+# time on 2 cores (2.3x with one more busy process), where the layer should cost nothing.
+DEFAULT_CPU_WEIGHT = 100
 V1_NO_LIMIT = "-1"
 
 
@@ -50,11 +55,11 @@ class Unavailable(Exception):
 
 
 def default_limits() -> dict[str, int]:
-    """Half the machine's memory, 512 tasks, every core at a quarter of the usual CPU weight
+    """Half the machine's memory, 512 tasks, every core, at the CPU weight of one cgroup
     (0 means: no limit). Not a cap of all cores but one: a compute-bound cell (Aer's OpenMP
     threads) would lose a core's worth of speed even on an idle machine, half of it on two
-    cores; a low weight costs it nothing until the server needs the CPU, and then the
-    server's threads outweigh the kernel's four to one."""
+    cores; as one weighted group, all of the kernel's processes get one share when the server
+    wants the CPU too, whatever their number."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):

@@ -300,7 +300,7 @@ def test_root_kernel_has_its_own_cgroup_with_the_limits(root_run):
     cg = root_run["first"]["applied"]["cgroup"]
     assert cg["memory_max"] == str(512 * MiB) and cg["pids_max"] == "512"
     assert cg["cpu_max"] == "100000 100000"
-    assert cg["cpu_weight"] == 25  # the default weight, under the test's cap of one core
+    assert cg["cpu_weight"] == 100  # the default weight, under the test's cap of one core
     assert cg["oom_group"] in (True, "by the server, at the first OOM kill (cgroup v1)")
     assert all(root_run["dirs_while_running"]) and len(cg["dirs"]) == (
         3 if cg["version"] == 1 else 1
