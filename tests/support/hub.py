@@ -19,6 +19,7 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
 from support.jupyter_proc import free_port
+from support.one_at_a_time import installing
 
 PROXY_DIR = Path(__file__).resolve().parents[1] / ".hub-proxy"
 PROXY_VERSION = "5.3.0"
@@ -151,7 +152,11 @@ c.Spawner.environment = {{
 def ensure_proxy() -> str:
     """configurable-http-proxy from npm, into tests/.hub-proxy (kept between runs)."""
     binary = PROXY_DIR / "node_modules" / ".bin" / "configurable-http-proxy"
-    if not binary.exists():
+    if binary.exists():
+        return str(binary)
+    with installing("hub-proxy-npm"):
+        if binary.exists():  # the other worker installed it while this one waited
+            return str(binary)
         PROXY_DIR.mkdir(exist_ok=True)
         subprocess.run(
             [

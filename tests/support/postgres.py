@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from support.jupyter_proc import free_port
+from support.one_at_a_time import installing
 
 
 def _bin_dir() -> Path | None:
@@ -30,11 +31,13 @@ def ensure_postgres() -> Path:
     if bin_dir is not None:
         return bin_dir
     assert os.geteuid() == 0, "PostgreSQL is missing: install Debian's postgresql (as root)"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]
-    if subprocess.run(install, env=env).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
-        subprocess.run(install, check=True, env=env)
+    with installing("apt"):
+        if _bin_dir() is None:  # else the other worker installed it while this one waited
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]
+            if subprocess.run(install, env=env).returncode != 0:
+                subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+                subprocess.run(install, check=True, env=env)
     bin_dir = _bin_dir()
     assert bin_dir is not None, "postgresql was installed but initdb is not where Debian puts it"
     return bin_dir
