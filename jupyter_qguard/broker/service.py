@@ -638,9 +638,11 @@ class Broker:
         facts = self._facts_cache.get(key)
         if facts is None:
             try:
-                facts = await asyncio.wait_for(
-                    inspector.inspect(job["program"]["format"], payload, key[1]),
-                    self.lint_timeout,
+                # The bound is the analysis's own, in its worker: not the wait for a worker,
+                # which on a busy machine may still be starting (a sandbox and Qiskit's import)
+                # when a fresh server's first job comes.
+                facts = await inspector.inspect(
+                    job["program"]["format"], payload, key[1], timeout=self.lint_timeout
                 )
             except ProviderError as exc:
                 return await self._reject(job, str(exc))

@@ -106,11 +106,20 @@ class AerProvider(Provider):
             self._pool = None
 
     async def inspect(
-        self, program_format: str, payload: bytes, target: str | None = None
+        self,
+        program_format: str,
+        payload: bytes,
+        target: str | None = None,
+        *,
+        timeout: float | None = None,
     ) -> ProgramFacts:
-        """Parse the program and, given a target ("aer" or a snapshot name), transpile to it."""
+        """Parse the program and, given a target ("aer" or a snapshot name), transpile to it;
+        WorkerTimedOut when that takes longer than `timeout` (the wait for a free worker, or
+        for the first ones to start, does not count)."""
         try:
-            answer = await self.call("inspect_program", program_format, payload, target)
+            answer = await self.call(
+                "inspect_program", program_format, payload, target, timeout=timeout
+            )
         except WorkerFailed as exc:
             raise ProviderError(f"the program cannot be read as {program_format}: {exc}") from None
         return _facts(answer)
