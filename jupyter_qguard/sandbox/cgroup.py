@@ -45,7 +45,7 @@ CPU_PERIOD = 100_000
 # many they are (a pool of 64, a fork bomb), they get one cgroup's share. Not less: the server
 # works for the kernel as it writes (the watcher hashes and records every file), and at 25 that
 # work outweighed the kernel four to one, so 10,000 small writes took 1.25x a plain kernel's
-# time on 2 cores (2.3x with one more busy process), where the layer should cost nothing.
+# time on 2 cores (2.3x while the test suite ran beside it), where the layer should cost nothing.
 DEFAULT_CPU_WEIGHT = 100
 V1_NO_LIMIT = "-1"
 
