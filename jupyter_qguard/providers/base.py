@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,27 @@ class ProgramFacts:
 
 class ProviderError(RuntimeError):
     """A provider failed a job; the message is shown to the person and the agent."""
+
+
+BITSTRING = re.compile(r"[01]+")
+NOT_COUNTS = "the program worker answered with something that is not counts of this job's shots"
+
+
+def checked_counts(counts: Any, shots: int, width: int | None = None) -> dict[str, int]:
+    """Counts a program worker answered (a local-testing run's), checked as untrusted:
+    bitstrings of one length (`width`, when given), positive ints adding up to the shots.
+    ProviderError(NOT_COUNTS) otherwise."""
+    if (
+        not isinstance(counts, dict)
+        or not counts
+        or not all(isinstance(k, str) and BITSTRING.fullmatch(k) for k in counts)
+        or len({len(k) for k in counts}) != 1
+        or (width is not None and len(next(iter(counts))) != width)
+        or not all(type(v) is int and v > 0 for v in counts.values())
+        or sum(counts.values()) != shots
+    ):
+        raise ProviderError(NOT_COUNTS)
+    return dict(counts)
 
 
 class _ProviderMeta(MetaHasTraits, ABCMeta):

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -42,7 +41,7 @@ from typing import Any
 from traitlets import Bool, Float, Unicode
 
 from .. import credentials
-from .base import Provider, ProviderError, RunSpec
+from .base import NOT_COUNTS, Provider, ProviderError, RunSpec, checked_counts
 from .braket_worker import LOCAL_SIMULATOR
 
 IDEMPOTENCY_TAG = "qguard-idempotency-key"
@@ -54,9 +53,7 @@ INSTALL_HINT = (
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED"}
 # Braket's own cap on a task's OpenQASM source is far below this.
 MAX_SOURCE_CHARS = 16 << 20
-BITS = re.compile(r"[01]+")
 NOT_A_PROGRAM = "the program worker answered with something that is not a Braket program"
-NOT_COUNTS = "the program worker answered with something that is not counts of this job's shots"
 NOT_A_LAYOUT = "the program worker answered with something that is not the circuit's measured bits"
 
 
@@ -366,16 +363,8 @@ def local_run(answer: Any, shots: int) -> dict[str, Any]:
     }:
         raise ProviderError(NOT_COUNTS)
     bits = layout(answer, NOT_COUNTS)
-    counts = answer["measurement_counts"]
-    width = len(bits["measured_clbits"])
-    if (
-        not isinstance(counts, dict)
-        or not all(isinstance(k, str) and len(k) == width and BITS.fullmatch(k) for k in counts)
-        or not all(type(v) is int and v > 0 for v in counts.values())
-        or sum(counts.values()) != shots
-    ):
-        raise ProviderError(NOT_COUNTS)
-    return {"measurement_counts": dict(counts), **bits}
+    counts = checked_counts(answer["measurement_counts"], shots, len(bits["measured_clbits"]))
+    return {"measurement_counts": counts, **bits}
 
 
 def qiskit_counts(

@@ -28,15 +28,13 @@ from typing import Any
 from traitlets import Bool, Int, Type, Unicode
 
 from .. import credentials
-from .base import Provider, ProviderError, RunSpec
+from .base import NOT_COUNTS, Provider, ProviderError, RunSpec, checked_counts
 
 # An ISA circuit as RuntimeEncoder writes it: base64 of zlib'd QPY. Bounded below the pool's
 # answer cap; a circuit of millions of gates still fits.
 MAX_ISA_CHARS = 48 << 20
 BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-BITS = re.compile(r"[01]+")
 NOT_A_CIRCUIT = "the program worker answered with something that is not an encoded ISA circuit"
-NOT_COUNTS = "the program worker answered with something that is not counts of this job's shots"
 
 
 def isa_circuit(answer: Any) -> dict[str, str]:
@@ -59,19 +57,9 @@ def isa_circuit(answer: Any) -> dict[str, str]:
 def local_counts(answer: Any, shots: int) -> dict[str, int]:
     """The counts of a local-testing run, checked: bitstrings of one length, positive ints that
     add up to the shots."""
-    counts = answer.get("counts") if isinstance(answer, dict) else None
-    if (
-        not isinstance(answer, dict)
-        or set(answer) != {"counts"}
-        or not isinstance(counts, dict)
-        or not counts
-        or not all(isinstance(k, str) and BITS.fullmatch(k) for k in counts)
-        or len({len(k) for k in counts}) != 1
-        or not all(type(v) is int and v > 0 for v in counts.values())
-        or sum(counts.values()) != shots
-    ):
+    if not isinstance(answer, dict) or set(answer) != {"counts"}:
         raise ProviderError(NOT_COUNTS)
-    return dict(counts)
+    return checked_counts(answer["counts"], shots)
 
 
 def backend_description(backend: Any) -> dict[str, Any]:
