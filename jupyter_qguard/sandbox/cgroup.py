@@ -348,17 +348,22 @@ class KernelCgroup:
     def join(self) -> dict[str, Any]:
         """Move this process in where the server has not already (its children follow) and
         say what is in force, as read back from the cgroup's own files."""
-        own = _own()
-        for c, d in self.dirs.items():
-            key = "" if self.version == 2 else c
-            if not d.endswith(own.get(key, "\0")):
-                _write(os.path.join(d, "cgroup.procs"), str(os.getpid()))
-                own = _own()
-        for c, d in self.dirs.items():
-            key = "" if self.version == 2 else c
-            if not d.endswith(own.get(key, "\0")):
-                raise OSError(f"the launcher is not in {d} ({c}: {own.get(key)})")
+        for d in dict.fromkeys(d for _, d, _ in self._outside()):
+            _write(os.path.join(d, "cgroup.procs"), str(os.getpid()))
+        for c, d, current in self._outside():
+            raise OSError(f"the launcher is not in {d} ({c}: {current})")
         return {"active": True, **self.in_force()}
+
+    def _outside(self) -> list[tuple[str, str, str | None]]:
+        """(controller, the kernel's directory, this process's cgroup there) wherever this
+        process is not in the kernel's cgroup."""
+        own = _own()
+        out = []
+        for c, d in self.dirs.items():
+            current = own.get("" if self.version == 2 else c)
+            if current is None or not d.endswith(current):
+                out.append((c, d, current))
+        return out
 
     def in_force(self) -> dict[str, Any]:
         out: dict[str, Any] = {
